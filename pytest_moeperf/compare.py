@@ -1,0 +1,117 @@
+"""Contract-level comparison of an implementation's outputs with the reference's (SPEC section 1).
+
+What the contract fixes is compared exactly (indices, offsets, moved bytes); what it leaves open is checked for the
+properties it promises: rows of dropped routes only need to be distinct rows >= V, padding rows are never read,
+and (for someone else's moe_align_block_size) the order inside an expert is free. Reductions are compared within a
+stated tolerance. Each failure raises AssertionError naming the output and the first differing position.
+"""
+from __future__ import annotations
+
+import torch
+
+# Reductions accumulate in fp32 on both sides, in the same order of j but possibly with fused multiply-adds, then
+# round to the output dtype: the results may differ by one unit in the last place of that dtype.
+REDUCE_TOLERANCE = {torch.float32: 1e-5, torch.float16: 2.0 ** -10, torch.bfloat16: 2.0 ** -7}
+
+
+def _cpu(t):
+    return t.detach().cpu()
+
+
+def _same_device(got: torch.Tensor, want: torch.Tensor):
+    return got.detach(), want.detach().to(got.device)
+
+
+def _bits(t: torch.Tensor) -> torch.Tensor:
+    return t.view({1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}[t.element_size()])
+
+
+def assert_equal(name: str, got: torch.Tensor, want: torch.Tensor) -> None:
+    got, want = _same_device(got, want)
+    if tuple(got.shape) != tuple(want.shape):
+        raise AssertionError(f"{name}: shape {tuple(got.shape)}, expected {tuple(want.shape)}")
+    if got.dtype != want.dtype:
+        raise AssertionError(f"{name}: dtype {got.dtype}, expected {want.dtype}")
+    differ = _bits(got) != _bits(want)
+    if differ.any():
+        where = torch.nonzero(differ)[0].tolist()
+        g, w = _cpu(got[tuple(where)]), _cpu(want[tuple(where)])
+        if g.element_size() == 1 and g.dtype.is_floating_point:
+            g, w = g.float(), w.float()
+        raise AssertionError(f"{name}: {int(differ.sum())} of {got.numel()} entries differ, first at {where}: "
+                             f"got {g.item()}, expected {w.item()}")
+
+
+def assert_close(name: str, got: torch.Tensor, want: torch.Tensor) -> None:
+    got, want = _same_device(got, want)
+    if tuple(got.shape) != tuple(want.shape) or got.dtype != want.dtype:
+        raise AssertionError(f"{name}: {tuple(got.shape)} {got.dtype}, expected {tuple(want.shape)} {want.dtype}")
+    tol = REDUCE_TOLERANCE[want.dtype]
+    g, w = got.float(), want.float()
+    if not torch.isfinite(g).all():
+        raise AssertionError(f"{name}: {int((~torch.isfinite(g)).sum())} non-finite values")
+    err = (g - w).abs()
+    bad = err > tol + tol * w.abs()
+    if bad.any():
+        where = torch.nonzero(bad)[0].tolist()
+        raise AssertionError(f"{name}: {int(bad.sum())} values outside rtol=atol={tol}, first at {where}: got "
+                             f"{g[tuple(where)].item()}, expected {w[tuple(where)].item()} (max error "
+                             f"{err.max().item():.3g})")
+
+
+def assert_align_matches(got, want, topk_ids, block_size: int, num_experts: int, any_order: bool = False) -> None:
+    """moe_align_block_size outputs. With any_order, routes may sit in any order inside their expert's region."""
+    g_sorted, g_experts, g_ntpp = got
+    w_sorted, w_experts, w_ntpp = want
+    assert_equal("num_tokens_post_padded", g_ntpp, w_ntpp)
+    assert_equal("expert_ids", g_experts, w_experts)
+    if not any_order:
+        assert_equal("sorted_token_ids", g_sorted, w_sorted)
+        return
+    g_sorted, w_sorted = _same_device(g_sorted, w_sorted)
+    if g_sorted.shape != w_sorted.shape:
+        raise AssertionError(f"sorted_token_ids: shape {tuple(g_sorted.shape)}, expected {tuple(w_sorted.shape)}")
+    ids = topk_ids.reshape(-1).long()
+    counts = torch.bincount(ids[(ids >= 0) & (ids < num_experts)], minlength=num_experts)
+    start = 0
+    for e in range(num_experts):
+        end = start + -(-int(counts[e]) // block_size) * block_size
+        assert_equal(f"sorted_token_ids of expert {e} (rows {start}:{end}, as a set)",
+                     torch.sort(g_sorted[start:end]).values, torch.sort(w_sorted[start:end]).values)
+        start = end
+    assert_equal("sorted_token_ids tail", g_sorted[start:], w_sorted[start:])
+
+
+def assert_permute_matches(got, want, hidden_states, a1q_scale, topk_ids, local_of_route) -> None:
+    """moe_permute outputs. local_of_route: each route's local expert, -1 where dropped (reference helper)."""
+    g_perm, g_scale, g_offs, g_inv, g_m = got
+    w_perm, w_scale, w_offs, w_inv, w_m = want
+    assert_equal("expert_first_token_offset", g_offs, w_offs)
+    assert_equal("m_indices", g_m, w_m)
+    if tuple(g_perm.shape) != tuple(w_perm.shape) or g_perm.dtype != w_perm.dtype:
+        raise AssertionError(f"permuted_hidden_states: {tuple(g_perm.shape)} {g_perm.dtype}, expected "
+                             f"{tuple(w_perm.shape)} {w_perm.dtype}")
+    g_inv, w_inv = _same_device(g_inv, w_inv)
+    assert_equal("inv_permuted_idx shape/dtype", torch.zeros(g_inv.shape, dtype=g_inv.dtype),
+                 torch.zeros(w_inv.shape, dtype=w_inv.dtype))
+    local = local_of_route.to(g_inv.device) >= 0
+    assert_equal("inv_permuted_idx of local routes", g_inv[local], w_inv[local])
+    V, P = int(w_offs[-1]), w_perm.shape[0]
+    dropped = g_inv[~local].long()
+    if dropped.numel():
+        if not ((dropped >= V) & (dropped < P)).all():
+            raise AssertionError(f"inv_permuted_idx of dropped routes must lie in [V={V}, P={P}), got "
+                                 f"{dropped[(dropped < V) | (dropped >= P)][:8].tolist()}")
+        if torch.unique(dropped).numel() != dropped.numel():
+            raise AssertionError("inv_permuted_idx gives two dropped routes the same row")
+    rows = w_inv[local].long()
+    tokens = torch.nonzero(local).flatten() // topk_ids.shape[1]
+    assert_equal("permuted_hidden_states rows of local routes", _bits(g_perm)[rows],
+                 _bits(hidden_states.to(g_perm.device))[tokens])
+    if a1q_scale is None or a1q_scale.dim() < 2:
+        if g_scale is not a1q_scale:
+            raise AssertionError("a per-tensor (or absent) a1q_scale must be returned unchanged")
+        return
+    if tuple(g_scale.shape) != (P, a1q_scale.shape[1]):
+        raise AssertionError(f"a1q_scale: shape {tuple(g_scale.shape)}, expected {(P, a1q_scale.shape[1])}")
+    assert_equal("a1q_scale rows of local routes", g_scale[rows], a1q_scale.to(g_scale.device)[tokens])

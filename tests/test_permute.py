@@ -1,0 +1,107 @@
+"""Customized path: moe_permute and moe_unpermute against the reference (SPEC 1.3)."""
+import pytest
+import torch
+
+import kernels
+from pytest_moeperf import compare, reference
+from tests.cases import Case, make_inputs
+
+CASES = [
+    Case(1, 1, 1, 64, "bf16"),
+    Case(1, 8, 256, 2880, "bf16", ep=(4, 1)),
+    Case(3, 2, 8, 2880, "fp16", align=16, scale="token"),
+    Case(3, 6, 60, 131, "fp32", scale="tensor0d"),
+    Case(33, 6, 60, 131, "fp32", ep=(2, 1), scale="tensor1d"),
+    Case(33, 2, 8, 7168, "fp8", align=128, scale="block"),
+    Case(33, 8, 8, 72, "bf16", align=16, routing="duplicates"),
+    Case(33, 8, 256, 160, "fp16", ep=(2, 0), routing="sparse"),
+    Case(64, 6, 60, 96, "bf16", align=16, routing="hot", fill=7),
+    Case(17, 4, 16, 40, "fp32", align=16, ep=(2, 1), routing="invalid"),
+    Case(17, 4, 16, 40, "bf16", routing="invalid"),
+    Case(40, 2, 8, 33, "bf16", align=128, routing="one_expert", ep=(4, 3)),
+    Case(128, 8, 256, 7168, "fp8", align=128, ep=(4, 3), scale="block"),
+    Case(128, 8, 256, 256, "bf16", ep=(4, 2), routing="zipf", scale="token"),
+    Case(128, 2, 8, 4095, "fp16", align=16, ep=(2, 1)),
+]
+
+
+def run_permute(case, hidden, scale, ids, emap, **kw):
+    return kernels.moe_permute(hidden, scale, ids, case.E, case.n_local, emap, case.align, case.fill, **kw)
+
+
+def unowned_rows(offsets, inv, local, rows):
+    """Rows no local route owns (padding and dropped): unpermute must never read them."""
+    owned = torch.zeros(rows, dtype=torch.bool, device=inv.device)
+    owned[inv[local].long()] = True
+    return ~owned
+
+
+@pytest.mark.parametrize("case", CASES, ids=lambda c: c.id)
+def test_moe_permute_matches_reference(case, device):
+    hidden, scale, ids, weights, emap = make_inputs(case, device)
+    got = run_permute(case, hidden, scale, ids, emap)
+    want = reference.moe_permute(hidden, scale, ids, case.E, case.n_local, emap, case.align, case.fill)
+    local = reference.local_expert_of_routes(ids, case.E, emap)
+    compare.assert_permute_matches(got, want, hidden, scale, ids, local)
+
+    # Same call into a caller-given buffer poisoned with 0xFF bytes: bit-identical outputs.
+    buf = torch.empty_like(got[0]).view(torch.uint8).fill_(0xFF).view(hidden.dtype)
+    again = run_permute(case, hidden, scale, ids, emap, permuted_hidden_states=buf)
+    assert again[0].data_ptr() == buf.data_ptr()
+    owned = ~unowned_rows(got[2], got[3], (local >= 0).to(device), got[0].shape[0])
+    compare.assert_equal("permuted rows, second run", again[0][owned], got[0][owned])
+    for name, a, b in zip(("offsets", "inv", "m_indices"), again[2:], got[2:]):
+        compare.assert_equal(f"{name}, second run", a, b)
+
+
+@pytest.mark.parametrize("case", CASES, ids=lambda c: c.id)
+def test_permute_then_unpermute(case, device):
+    """moe_unpermute against the reference, with unowned rows poisoned, and end to end through an identity expert."""
+    hidden, scale, ids, weights, emap = make_inputs(case, device, salt="unpermute")
+    permuted, _, offsets, inv, _ = run_permute(case, hidden, scale, ids, emap)
+    local = reference.local_expert_of_routes(ids, case.E, emap).to(device) >= 0
+    expert_out = permuted if case.dtype != "fp8" else permuted.to(torch.bfloat16)
+    expert_out = expert_out.clone()
+    expert_out[unowned_rows(offsets, inv, local, expert_out.shape[0])] = float("nan")
+
+    out = torch.empty(case.M, case.H, dtype=expert_out.dtype, device=device)
+    kernels.moe_unpermute(out, expert_out, weights, inv, offsets)
+    want = torch.empty_like(out)
+    reference.moe_unpermute(want, expert_out, weights, inv, offsets)
+    compare.assert_close("moe_unpermute", out, want)
+
+    # Identity expert: sum over the token's local routes of w * x.
+    x = hidden.to(expert_out.dtype).float()
+    w = (weights * local.view(case.M, case.k)).float()
+    expected = torch.zeros(case.M, case.H)
+    for j in range(case.k):
+        expected += w[:, j, None].cpu() * x.cpu()
+    compare.assert_close("permute -> identity -> unpermute", out, expected.to(out.dtype))
+
+    again = torch.empty_like(out)
+    kernels.moe_unpermute(again, expert_out, weights, inv, offsets)
+    compare.assert_equal("moe_unpermute, second run", again, out)
+
+
+def test_unpermute_without_offsets_reads_every_route(device):
+    case = Case(9, 3, 8, 48, "fp32", ep=(2, 0))
+    hidden, scale, ids, weights, emap = make_inputs(case, device)
+    permuted, _, offsets, inv, _ = run_permute(case, hidden, scale, ids, emap)
+    permuted = permuted.clone()
+    permuted[int(offsets[-1]):] = 1.0  # rows of dropped routes hold ones
+    out = torch.empty(case.M, case.H, device=device)
+    kernels.moe_unpermute(out, permuted, weights, inv)
+    want = torch.empty_like(out)
+    reference.moe_unpermute(want, permuted, weights, inv)
+    compare.assert_close("moe_unpermute without offsets", out, want)
+
+
+def test_any_hidden_size_and_noncontiguous_rows(device):
+    """No 16-byte rule: odd sizes and a row-strided input (a column slice) work."""
+    case = Case(7, 2, 8, 5, "bf16", align=16)
+    hidden, scale, ids, weights, emap = make_inputs(case, device)
+    wide = torch.randn(case.M, 13, device=device).to(torch.bfloat16)
+    sliced = wide[:, 3:8]
+    got = kernels.moe_permute(sliced, None, ids, case.E, align_block_size=16)
+    want = reference.moe_permute(sliced, None, ids, case.E, align_block_size=16)
+    compare.assert_permute_matches(got, want, sliced, None, ids, reference.local_expert_of_routes(ids, case.E))
