@@ -38,6 +38,8 @@ class MoEPermuteScratch:
         self.hidden_size, self.hidden_dtype = hidden_size, hidden_dtype
         self.align_block_size = _checks.check_align_block_size(align_block_size)
         self.device = torch.device(device)
+        if self.device.type == "cuda" and self.device.index is None and torch.cuda.is_available():
+            self.device = torch.device("cuda", torch.cuda.current_device())  # compare equal to tensors' devices
         self.supported = _launch.supported() and (self.device.type == "cuda" or
                                                    (self.device.type == "cpu" and _launch.INTERPRETED))
         self.capacity_routes = max_num_tokens * topk
