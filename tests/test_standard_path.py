@@ -49,6 +49,6 @@ def test_standard_unpermute_and_reduce(case, block_m, weights_on_input, device):
     compare.assert_close("_moe_unpermute_and_reduce", out, want)
 
     local = (reference.local_expert_of_routes(ids, case.E, emap) >= 0).view(case.M, case.k).float()
-    w = local if weights_on_input else local * weights.cpu()
-    expected = w.sum(dim=1, keepdim=True) * hidden.cpu().float()
+    w = local if weights_on_input else local * weights
+    expected = w.sum(dim=1, keepdim=True) * hidden.float()
     compare.assert_close("standard round trip", out, expected.to(out.dtype))
