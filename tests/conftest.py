@@ -27,3 +27,5 @@ def poison_new_buffers():
     yield
     torch.use_deterministic_algorithms(old_det, warn_only=old_warn)
     torch.utils.deterministic.fill_uninitialized_memory = old_fill
+
+pytest_plugins = ["pytester"]

@@ -1,0 +1,92 @@
+"""Baseline files: baselines/<gpu-slug>/<scenario>.json, merged and written atomically (SPEC section 4)."""
+from __future__ import annotations
+
+import contextlib
+import datetime
+import fcntl
+import json
+import os
+import tempfile
+from pathlib import Path
+
+SCHEMA = 1
+
+
+class BaselineError(ValueError):
+    pass
+
+
+def path_for(root: Path, gpu_slug: str, scenario: str) -> Path:
+    return Path(root) / gpu_slug / f"{scenario}.json"
+
+
+def load(path: Path) -> dict:
+    """The file's entries ({} when there is no file). A file that cannot be read or parsed is an error."""
+    path = Path(path)
+    if not path.exists():
+        return {}
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise BaselineError(f"baseline file {path} is unreadable or corrupted ({e}); fix or delete it - it will "
+                            f"not be overwritten") from None
+    if not isinstance(data, dict) or data.get("schema") != SCHEMA or not isinstance(data.get("entries"), dict):
+        raise BaselineError(f"baseline file {path} is not a pytest-moeperf baseline (schema {SCHEMA} with "
+                            f"'entries'); fix or delete it - it will not be overwritten")
+    for key, entry in data["entries"].items():
+        if not isinstance(entry, dict) or not isinstance(entry.get("samples_us"), list) or \
+                not isinstance(entry.get("median_us"), (int, float)):
+            raise BaselineError(f"baseline file {path}: entry {key!r} lacks median_us / samples_us; fix or delete "
+                                f"it - it will not be overwritten")
+    return data["entries"]
+
+
+def _rounded(entry: dict) -> dict:
+    out = {}
+    for k, v in entry.items():
+        if isinstance(v, float):
+            out[k] = round(v, 4)
+        elif isinstance(v, list):
+            out[k] = [round(x, 4) if isinstance(x, float) else x for x in v]
+        else:
+            out[k] = v
+    return out
+
+
+@contextlib.contextmanager
+def _locked(path: Path):
+    lock = path.with_name(path.name + ".lock")
+    with open(lock, "w") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def update(path: Path, entries: dict[str, dict], environment: dict, scenario: str) -> None:
+    """Write or replace `entries`, keep every other entry, atomically (temp file + rename, under a lock)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with _locked(path):
+        merged = load(path)
+        merged.update({k: _rounded(v) for k, v in entries.items()})
+        data = {
+            "schema": SCHEMA,
+            "scenario": scenario,
+            "environment": environment,
+            "updated": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            "entries": merged,
+        }
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        try:
+            with os.fdopen(fd, "w") as fh:
+                json.dump(data, fh, indent=1, sort_keys=True)
+                fh.write("\n")
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            raise

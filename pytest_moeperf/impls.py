@@ -1,0 +1,226 @@
+"""Implementations under test, by name, and how each is called and checked against its own contract.
+
+Built in: `torch` (the reference), `standard` (vLLM's Python path on the Triton align kernel), `customized` (the
+fused Triton kernels), `customized_scratch` (the same with a pre-allocated MoEPermuteScratch). A user
+implementation is a dotted path 'package.module:function' to a function that takes no argument and returns a dict
+with any of 'permute' (vLLM's moe_permute signature), 'unpermute' (moe_unpermute) and 'align'
+(moe_align_block_size); its align may order routes freely inside an expert.
+"""
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable
+
+import torch
+
+from pytest_moeperf import compare, reference
+from pytest_moeperf.problem import Problem
+from pytest_moeperf.scenario import BUILTIN_IMPLS, ImplSpec
+
+
+class ImplError(ValueError):
+    pass
+
+
+def _kernels():
+    try:
+        import kernels
+    except ImportError as e:
+        raise ImplError("the built-in Triton implementations need the project's kernels/ package importable: run "
+                        f"pytest from the pytest-moeperf checkout or put it on PYTHONPATH ({e})") from None
+    return kernels
+
+
+def _poison_unowned(rows: torch.Tensor, owned_rows: torch.Tensor) -> torch.Tensor:
+    """A copy of the expert output whose rows no route owns hold NaN: unpermute must never read them."""
+    out = rows.clone()
+    mask = torch.ones(out.shape[0], dtype=torch.bool, device=out.device)
+    mask[owned_rows.long()] = False
+    out[mask] = float("nan")
+    return out
+
+
+def _local_mask(p: Problem) -> torch.Tensor:
+    return reference.local_expert_of_routes(p.topk_ids, p.E, p.expert_map) >= 0
+
+
+def _expected_round_trip(p: Problem, weights_on_input: bool = False) -> torch.Tensor:
+    """sum over the token's local routes of w[t, j] * x[t]: permute, an identity expert, unpermute."""
+    x = p.hidden.to(p.out_dtype).float()
+    local = _local_mask(p).view(p.M, p.k).float()
+    w = local if weights_on_input else local * p.topk_weights.float()
+    out = torch.zeros_like(x)
+    for j in range(p.k):
+        out += w[:, j, None] * x
+    return out.to(p.out_dtype)
+
+
+class Impl:
+    """One implementation: `prepare(op, p)` binds a call for timing; `check(op, p)` runs it and compares."""
+
+    name: str
+    ops: tuple[str, ...]
+
+    def prepare(self, op: str, p: Problem) -> Callable[[], object]:
+        raise NotImplementedError
+
+    def check(self, op: str, p: Problem) -> None:
+        raise NotImplementedError
+
+
+class CustomizedContract(Impl):
+    """vLLM's customized signatures: moe_permute / moe_unpermute, plus moe_align_block_size."""
+
+    def __init__(self, name, permute=None, unpermute=None, align=None, *, scratch=False, align_any_order=False):
+        self.name = name
+        self.fns = {"permute": permute, "unpermute": unpermute, "align": align}
+        self.ops = tuple(op for op, fn in self.fns.items() if fn is not None)
+        self.scratch = scratch
+        self.align_any_order = align_any_order
+
+    def _permute_call(self, p: Problem):
+        kw = {}
+        if self.scratch:
+            kw["scratch"] = _kernels().MoEPermuteScratch(p.M, p.k, p.E, p.n_local, p.hidden.device, p.H,
+                                                         p.hidden.dtype, p.align)
+        return lambda: self.fns["permute"](p.hidden, p.scale, p.topk_ids, p.E, p.n_local, p.expert_map, p.align,
+                                           **kw)
+
+    def _unpermute_inputs(self, p: Problem):
+        permuted, _, offsets, inv, _ = reference.moe_permute(p.hidden, p.scale, p.topk_ids, p.E, p.n_local,
+                                                             p.expert_map, p.align)
+        rows = _poison_unowned(permuted.to(p.out_dtype), inv[_local_mask(p)])
+        return rows, inv, offsets
+
+    def prepare(self, op, p):
+        if op == "permute":
+            return self._permute_call(p)
+        if op == "unpermute":
+            rows, inv, offsets = self._unpermute_inputs(p)
+            out = torch.empty(p.M, p.H, dtype=p.out_dtype, device=p.hidden.device)
+            return lambda: self.fns["unpermute"](out, rows, p.topk_weights, inv, offsets)
+        return lambda: self.fns["align"](p.topk_ids, p.block_size, p.E, p.expert_map)
+
+    def check(self, op, p):
+        got = self.prepare(op, p)()
+        if op == "permute":
+            want = reference.moe_permute(p.hidden, p.scale, p.topk_ids, p.E, p.n_local, p.expert_map, p.align)
+            compare.assert_permute_matches(got, want, p.hidden, p.scale, p.topk_ids,
+                                           reference.local_expert_of_routes(p.topk_ids, p.E, p.expert_map))
+        elif op == "align":
+            want = reference.moe_align_block_size(p.topk_ids, p.block_size, p.E, p.expert_map)
+            compare.assert_align_matches(got, want, p.topk_ids, p.block_size, p.E, any_order=self.align_any_order)
+        else:
+            rows, inv, offsets = self._unpermute_inputs(p)
+            want = torch.empty(p.M, p.H, dtype=p.out_dtype, device=p.hidden.device)
+            reference.moe_unpermute(want, rows, p.topk_weights, inv, offsets)
+            compare.assert_close("unpermute", got, want)
+            # End to end with this implementation's own permute where it has one.
+            permute = self.fns["permute"] or reference.moe_permute
+            permuted, _, offsets, inv, _ = permute(p.hidden, p.scale, p.topk_ids, p.E, p.n_local, p.expert_map,
+                                                   p.align)
+            out = torch.empty(p.M, p.H, dtype=p.out_dtype, device=p.hidden.device)
+            self.fns["unpermute"](out, permuted.to(p.out_dtype), p.topk_weights, inv, offsets)
+            compare.assert_close("permute -> identity expert -> unpermute", out, _expected_round_trip(p))
+
+
+class StandardContract(Impl):
+    """vLLM's standard Python path: _moe_permute / _moe_unpermute_and_reduce, and the Triton align kernel."""
+
+    name = "standard"
+    ops = ("permute", "unpermute", "align")
+
+    def __init__(self):
+        k = _kernels()
+        self.permute, self.reduce, self.align = k._moe_permute, k._moe_unpermute_and_reduce, k.moe_align_block_size
+
+    def _expert_rows(self, permuted, expert_per_row, p):
+        """Identity expert that, like vLLM's, writes zeros for blocks of non-local experts."""
+        rows = permuted.to(p.out_dtype)
+        return torch.where((expert_per_row >= 0)[:, None], rows, torch.zeros_like(rows))
+
+    def prepare(self, op, p):
+        if op == "permute":
+            return lambda: self.permute(p.hidden, p.scale, p.topk_ids, p.E, p.expert_map, p.block_size)
+        if op == "align":
+            return lambda: self.align(p.topk_ids, p.block_size, p.E, p.expert_map)
+        permuted, _, _, per_row, inv = reference._moe_permute(p.hidden, p.scale, p.topk_ids, p.E, p.expert_map,
+                                                              p.block_size)
+        rows = self._expert_rows(permuted, per_row, p)
+        out = torch.empty(p.M, p.H, dtype=p.out_dtype, device=p.hidden.device)
+
+        def call():
+            self.reduce(out, rows, inv, p.topk_weights, False)
+            return out
+        return call
+
+    def check(self, op, p):
+        got = self.prepare(op, p)()
+        if op == "permute":
+            want = reference._moe_permute(p.hidden, p.scale, p.topk_ids, p.E, p.expert_map, p.block_size)
+            names = ("permuted", "a1q_scale", "sorted_token_ids", "expert_ids_per_row", "inv_perm")
+            for name, g, w in zip(names, got, want):
+                if name == "a1q_scale" and (p.scale is None or p.scale.dim() < 2):
+                    continue
+                compare.assert_equal(name, g, w)
+        elif op == "align":
+            want = reference.moe_align_block_size(p.topk_ids, p.block_size, p.E, p.expert_map)
+            compare.assert_align_matches(got, want, p.topk_ids, p.block_size, p.E)
+        else:
+            permuted, _, _, per_row, inv = reference._moe_permute(p.hidden, p.scale, p.topk_ids, p.E, p.expert_map,
+                                                                  p.block_size)
+            want = torch.empty(p.M, p.H, dtype=p.out_dtype, device=p.hidden.device)
+            reference._moe_unpermute_and_reduce(want, self._expert_rows(permuted, per_row, p), inv, p.topk_weights,
+                                                False)
+            compare.assert_close("unpermute", got, want)
+            permuted, _, _, per_row, inv = self.permute(p.hidden, p.scale, p.topk_ids, p.E, p.expert_map,
+                                                        p.block_size)
+            out = torch.empty(p.M, p.H, dtype=p.out_dtype, device=p.hidden.device)
+            self.reduce(out, self._expert_rows(permuted, per_row, p), inv, p.topk_weights, False)
+            compare.assert_close("permute -> identity expert -> unpermute", out, _expected_round_trip(p))
+
+
+def _user_impl(spec: ImplSpec) -> Impl:
+    module_name, _, attr = spec.path.partition(":")
+    try:
+        provider = getattr(importlib.import_module(module_name), attr)
+    except (ImportError, AttributeError) as e:
+        raise ImplError(f"implementation {spec.name!r}: cannot import {spec.path!r}: {e}") from None
+    try:
+        fns = provider()
+    except Exception as e:  # the user's code: report whatever it raised
+        raise ImplError(f"implementation {spec.name!r}: {spec.path}() raised {type(e).__name__}: {e}") from None
+    if not isinstance(fns, dict) or not fns or set(fns) - {"permute", "unpermute", "align"} or \
+            not all(callable(f) for f in fns.values()):
+        raise ImplError(f"implementation {spec.name!r}: {spec.path}() must return a dict mapping some of 'permute', "
+                        f"'unpermute', 'align' to callables, got {fns!r}")
+    return CustomizedContract(spec.name, fns.get("permute"), fns.get("unpermute"), fns.get("align"),
+                              align_any_order=True)
+
+
+def build(spec: ImplSpec) -> Impl:
+    if spec.path is not None:
+        return _user_impl(spec)
+    if spec.name == "torch":
+        return CustomizedContract("torch", reference.moe_permute, reference.moe_unpermute,
+                                  reference.moe_align_block_size)
+    if spec.name == "standard":
+        return StandardContract()
+    k = _kernels()
+    if spec.name == "customized":
+        return CustomizedContract("customized", k.moe_permute, k.moe_unpermute)
+    if spec.name == "customized_scratch":
+        return CustomizedContract("customized_scratch", k.moe_permute, scratch=True)
+    raise ImplError(f"unknown implementation {spec.name!r}; expected one of {', '.join(BUILTIN_IMPLS)}")
+
+
+def for_scenario(scenario) -> list[Impl]:
+    """The scenario's implementations, or every built-in one when it names none."""
+    out = []
+    for spec in scenario.impls or [ImplSpec(n) for n in BUILTIN_IMPLS]:
+        try:
+            out.append(build(spec))
+        except ImplError as e:
+            where = f"{scenario.path}:{spec.line}: key 'impls'" if spec.line else str(scenario.path)
+            raise ImplError(f"{where}: {e}") from None
+    return out

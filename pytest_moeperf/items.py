@@ -1,0 +1,124 @@
+"""Collectors and test items: a scenario file expands to correctness and timing tests of op x impl x dtype x M."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from pytest_moeperf import problem, verdict
+from pytest_moeperf.report import junit_properties
+from pytest_moeperf.run_state import RUN_KEY
+
+
+class ScenarioFile(pytest.File):
+    def collect(self):
+        run = self.config.stash[RUN_KEY]
+        for kind in ("correctness", "timing"):
+            yield Group.from_parent(self, name=kind, entry=run.entries[self.path.resolve()])
+
+
+class Group(pytest.Collector):
+    def __init__(self, *, entry, **kw):
+        super().__init__(**kw)
+        self.entry = entry
+
+    def collect(self):
+        scenario, impls = self.entry
+        cls = CorrectnessItem if self.name == "correctness" else TimingItem
+        for op in scenario.ops:
+            for impl in impls:
+                if op not in impl.ops:
+                    continue
+                for dtype in scenario.dtypes:
+                    resolved = scenario.resolve_dtype(dtype)
+                    for M in scenario.batch_sizes:
+                        yield cls.from_parent(self, name=f"{op}[{impl.name}-{resolved}-M{M}]", scenario=scenario,
+                                              impl=impl, op=op, dtype=resolved, M=M)
+
+
+class _Item(pytest.Item):
+    def __init__(self, *, scenario, impl, op, dtype, M, **kw):
+        super().__init__(**kw)
+        self.scenario, self.impl, self.op, self.dtype, self.M = scenario, impl, op, dtype, M
+        self.run_state = self.config.stash[RUN_KEY]
+        self.key = f"{op}[{impl.name}-{dtype}-M{M}]"
+
+    def reportinfo(self):
+        return self.path, None, f"{self.scenario.name}::{self.parent.name}::{self.name}"
+
+    def repr_failure(self, excinfo, style=None):
+        if excinfo.errisinstance(AssertionError):
+            return f"{self.scenario.name} {self.parent.name} {self.key}: {excinfo.value}"
+        return super().repr_failure(excinfo, style)
+
+    def problem(self, input_set=0):
+        return problem.build(self.scenario, self.dtype, self.M, self.run_state.device, input_set)
+
+
+class CorrectnessItem(_Item):
+    def runtest(self):
+        cap = self.run_state.cpu_max_batch
+        if self.run_state.device == "cpu" and self.M > cap:
+            pytest.skip(f"M={self.M} is above --moeperf-cpu-max-batch={cap} for the Triton interpreter on the CPU; "
+                        f"run on a GPU or raise the cap")
+        self.impl.check(self.op, self.problem())
+
+
+class TimingItem(_Item):
+    def runtest(self):
+        run = self.run_state
+        timer = run.timer
+        if timer is None:
+            pytest.skip("timing needs a CUDA GPU: run `pytest --moeperf <scenarios>` on a GPU machine (on the CPU "
+                        "only the correctness tests run, under the Triton interpreter)")
+        first = self.problem()
+        try:
+            self.impl.check(self.op, first)
+        except AssertionError as e:
+            pytest.skip(f"correctness failed, not timed: {str(e).splitlines()[0]}")
+        payload, extra = problem.moved_bytes(self.op, first)
+        sets = 1
+        if self.scenario.timing.l2 == "cold":
+            sets = timer.input_sets_for_cold_l2(payload + extra, first.hidden.device)
+        calls = [self.impl.prepare(self.op, p) for p in [first] + [self.problem(i) for i in range(1, sets)]]
+        ceiling = timer.ceiling_gbps(first.hidden.device)
+        threshold = run.threshold_override or self.scenario.threshold
+        base = run.baseline_entry(self.scenario, self.key)
+        with timer.lock():
+            m = timer.measure(calls, self.scenario.timing)
+            v = verdict.judge(m.samples_us, base and base["samples_us"], threshold)
+            confirmed = None
+            if v.kind == "regression":  # a second measurement must agree before the test fails
+                m2 = timer.measure(calls, self.scenario.timing)
+                v2 = verdict.judge(m2.samples_us, base["samples_us"], threshold)
+                confirmed = v2.kind == "regression"
+                if not confirmed:
+                    v = verdict.Verdict("pass", v2.ratio, v2.band, v2.p_value)
+                    m = m2
+        gbps = payload / m.median / 1e3
+        result = {
+            "scenario": self.scenario.name, "file": str(self.scenario.path), "key": self.key, "nodeid": self.nodeid,
+            "op": self.op, "impl": self.impl.name, "dtype": self.dtype, "M": self.M, "gpu": run.gpu_slug,
+            "median_us": m.median, "iqr_us": m.iqr, "min_us": m.min, "samples_us": m.samples_us,
+            "samples_kept": len(m.samples_us), "mode": m.mode, "note": m.note, "invocations": m.invocations,
+            "input_sets": m.input_sets, "l2": self.scenario.timing.l2, "routing": self.scenario.routing.label(),
+            "bytes": payload, "extra_bytes": extra, "gbps": gbps, "ceiling_gbps": ceiling,
+            "ceiling_pct": 100 * gbps / ceiling, "threshold": threshold, "verdict": v.kind,
+            "verdict_detail": v.describe(), "confirmed": confirmed,
+            "baseline_median_us": base and base["median_us"],
+            "change_pct": None if v.ratio is None else 100 * (v.ratio - 1),
+        }
+        if self.dtype == "int8_w8a16":
+            result["note"] = (result["note"] + " " if result["note"] else "") + \
+                "int8_w8a16 moves 16-bit activations: it matches bf16 by construction"
+        self.user_properties.append(("moeperf", json.dumps(result)))
+        self.user_properties.extend(junit_properties(result))
+        if run.update_baselines:
+            return
+        if v.kind == "regression":
+            pytest.fail(f"{self.key}: slower than the {run.gpu_slug} baseline, confirmed by a second measurement: "
+                        f"{v.describe()}", pytrace=False)
+        if v.kind == "new" and run.strict:
+            pytest.fail(f"{self.key}: no baseline for {run.gpu_slug} in {run.baseline_path(self.scenario)} "
+                        f"(--moeperf-strict); record one with --update-baselines", pytrace=False)
+

@@ -1,0 +1,96 @@
+"""pytest hooks of pytest-moeperf (registered through the pytest11 entry point). Inert without --moeperf."""
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from pytest_moeperf.run_state import RUN_KEY, MoePerfRun, is_worker, visible_gpus
+
+INI = (
+    ("moeperf_baselines", "folder of baseline files (default: baselines/ under the rootdir)"),
+    ("moeperf_threshold", "allowed slowdown for every scenario, overriding theirs (e.g. 0.05)"),
+    ("moeperf_strict", "true: a timing test without a baseline for this GPU fails"),
+    ("moeperf_cpu_max_batch", "largest batch size checked under the Triton interpreter on the CPU (default 64)"),
+    ("moeperf_json", "write every figure and the environment to this JSON file"),
+)
+
+
+def pytest_addoption(parser):
+    group = parser.getgroup("moeperf", "MoE kernel correctness and timing gates")
+    group.addoption("--moeperf", nargs="+", metavar="PATH", default=None,
+                    help="scenario YAML files or folders: turns the plugin on")
+    group.addoption("--update-baselines", action="store_true", default=False,
+                    help="record the timings of the selected tests as this GPU's baselines (other entries kept)")
+    group.addoption("--moeperf-strict", action="store_true", default=False,
+                    help="fail timing tests that have no baseline for this GPU")
+    group.addoption("--moeperf-threshold", type=float, default=None, metavar="FRACTION",
+                    help="allowed slowdown for every scenario, overriding theirs")
+    group.addoption("--moeperf-baselines", default=None, metavar="DIR", help="folder of baseline files")
+    group.addoption("--moeperf-json", default=None, metavar="PATH", help="write results and environment as JSON")
+    group.addoption("--moeperf-cpu-max-batch", type=int, default=None, metavar="M",
+                    help="largest batch size checked on the CPU under the Triton interpreter (default 64)")
+    for name, text in INI:
+        parser.addini(name, text, default="")
+
+
+def pytest_configure(config):
+    paths = config.getoption("moeperf")
+    if not paths:
+        return
+    if is_worker(config):
+        gpus = config.workerinput.get("moeperf_gpus") or []
+        if gpus:  # pin before this process starts CUDA
+            index = int(config.workerinput["workerid"].lstrip("gw"))
+            os.environ["CUDA_VISIBLE_DEVICES"] = gpus[index % len(gpus)]
+    import torch
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cpu":  # read by triton.jit when the kernels are decorated: before they are imported
+        os.environ.setdefault("TRITON_INTERPRET", "1")
+    from pytest_moeperf import impls, scenario
+
+    try:
+        files = scenario.expand_paths(paths)
+        entries = {}
+        names = {}
+        for f in files:
+            s = scenario.load(f)
+            if s.name in names:
+                raise scenario.ScenarioError(f, None, "name", f"scenario name {s.name!r} is also used by {names[s.name]}"
+                                                              " (baseline files are named after it)")
+            names[s.name] = f
+            entries[f.resolve()] = (s, impls.for_scenario(s))
+        run = MoePerfRun(config, entries, device)
+    except (scenario.ScenarioError, impls.ImplError) as e:
+        raise pytest.UsageError(str(e)) from None
+    config.stash[RUN_KEY] = run
+    config.pluginmanager.register(run, "moeperf-run")
+    if config.args_source != pytest.Config.ArgsSource.ARGS:
+        config.args[:] = [str(f) for f in files]
+    else:
+        config.args.extend(str(f) for f in files)
+
+
+def pytest_collect_file(file_path, parent):
+    run = parent.config.stash.get(RUN_KEY, None)
+    if run is not None and file_path.resolve() in run.entries:
+        from pytest_moeperf.items import ScenarioFile
+
+        return ScenarioFile.from_parent(parent, path=file_path)
+    return None
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_auto_num_workers(config):
+    """-n auto: one worker per visible GPU."""
+    if config.getoption("moeperf"):
+        gpus = visible_gpus()
+        return len(gpus) or None
+    return None
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_configure_node(node):
+    if node.config.getoption("moeperf"):
+        node.workerinput["moeperf_gpus"] = visible_gpus()

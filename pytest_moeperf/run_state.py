@@ -1,0 +1,143 @@
+"""State of one pytest --moeperf run, and the hooks that gather results and write baselines and reports.
+
+Under pytest-xdist the workers measure; their results reach the controller as report.user_properties, and only the
+controller writes baseline files and reports.
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+from pytest_moeperf import baselines, report, timing
+
+RUN_KEY = pytest.StashKey()
+
+
+def is_worker(config) -> bool:
+    return hasattr(config, "workerinput")
+
+
+class MoePerfRun:
+    def __init__(self, config, entries: dict, device: str):
+        self.config = config
+        self.entries = entries  # resolved scenario path -> (Scenario, [Impl])
+        self.device = device
+        opt = config.getoption
+        self.update_baselines = opt("update_baselines")
+        self.strict = opt("moeperf_strict") or _ini_bool(config, "moeperf_strict")
+        self.threshold_override = opt("moeperf_threshold") or _ini_float(config, "moeperf_threshold")
+        self.cpu_max_batch = opt("moeperf_cpu_max_batch") or int(config.getini("moeperf_cpu_max_batch") or 64)
+        root = opt("moeperf_baselines") or config.getini("moeperf_baselines") or "baselines"
+        self.baselines_root = Path(root) if Path(root).is_absolute() else Path(config.rootpath) / root
+        self.json_path = opt("moeperf_json") or config.getini("moeperf_json") or None
+        self.timer = timing.CudaTimer() if device == "cuda" else None  # None: timing tests are skipped
+        self._baselines: dict[str, dict] = {}
+        self.results: list[dict] = []
+        self.environments: dict[str, dict] = {}
+        self.written: list[tuple[Path, int]] = []
+
+    # --- baselines -------------------------------------------------------------------------------------------
+    def baseline_path(self, scenario) -> Path:
+        return baselines.path_for(self.baselines_root, self.gpu_slug, scenario.name)
+
+    def load_all_baselines(self) -> None:
+        """Read every scenario's baseline file for this GPU now: a corrupted one stops the run before any test."""
+        for scenario, _ in self.entries.values():
+            self._baselines[scenario.name] = baselines.load(self.baseline_path(scenario))
+
+    def baseline_entry(self, scenario, key: str) -> dict | None:
+        if scenario.name not in self._baselines:
+            self._baselines[scenario.name] = baselines.load(self.baseline_path(scenario))
+        return self._baselines[scenario.name].get(key)
+
+    @property
+    def gpu_slug(self) -> str | None:
+        return self.timer.gpu_slug if self.timer else None
+
+    # --- hooks (registered as a plugin object) -----------------------------------------------------------------
+    def pytest_sessionstart(self, session):
+        if self.timer is not None and not is_worker(self.config):
+            try:
+                self.load_all_baselines()
+            except baselines.BaselineError as e:
+                raise pytest.UsageError(str(e)) from None
+
+    def pytest_runtest_logreport(self, report):
+        if report.when != "call":
+            return
+        for name, value in report.user_properties:
+            if name == "moeperf":
+                result = json.loads(value)
+                self.results.append(result)
+                if result["gpu"] not in self.environments and result.get("gpu"):
+                    self.environments[result["gpu"]] = {}
+
+    def pytest_sessionfinish(self, session):
+        if is_worker(self.config) or not self.results:
+            return
+        if self.timer is not None:
+            self.environments[self.gpu_slug] = self.timer.environment()
+        errors = []
+        if self.update_baselines:
+            errors = self._write_baselines()
+        if self.json_path:
+            report.write_json(self.json_path, self.results, self.environments)
+        if errors:
+            tr = self.config.pluginmanager.get_plugin("terminalreporter")
+            for e in errors:
+                tr.write_line(f"pytest-moeperf: {e}", red=True)
+            session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+    def _write_baselines(self) -> list[str]:
+        by_file: dict[Path, dict] = {}
+        for r in self.results:
+            path = baselines.path_for(self.baselines_root, r["gpu"], r["scenario"])
+            by_file.setdefault(path, {})[r["key"]] = {
+                k: r[k] for k in ("median_us", "iqr_us", "min_us", "samples_us", "gbps", "ceiling_pct", "mode",
+                                  "l2", "routing", "input_sets", "invocations")}
+        errors = []
+        for path, entries in sorted(by_file.items()):
+            scenario = path.stem
+            try:
+                baselines.update(path, entries, self.environments.get(path.parent.name, {}), scenario)
+            except baselines.BaselineError as e:
+                errors.append(str(e))
+            else:
+                self.written.append((path, len(entries)))
+        return errors
+
+    def pytest_terminal_summary(self, terminalreporter):
+        if is_worker(self.config):
+            return
+        tr = terminalreporter
+        if self.results:
+            tr.section("pytest-moeperf timing")
+            tr.write_line(f"GPU {self.gpu_slug or '?'}; worst first; GB/s counts M*H*b*(1+k) bytes "
+                          f"(local routes only under expert parallelism)")
+            for line in report.table(self.results).splitlines():
+                tr.write_line(line)
+        for path, n in self.written:
+            tr.write_line(f"pytest-moeperf: wrote {n} baseline entries to {path}")
+        if self.timer is None:
+            tr.write_line("pytest-moeperf: no CUDA GPU here - correctness ran under the Triton interpreter "
+                          f"(batch sizes <= {self.cpu_max_batch}); timing tests were skipped")
+
+
+def _ini_bool(config, name) -> bool:
+    return str(config.getini(name)).strip().lower() in ("1", "true", "yes", "on")
+
+
+def _ini_float(config, name):
+    v = config.getini(name)
+    return float(v) if v not in (None, "") else None
+
+
+def visible_gpus() -> list[str]:
+    listed = [v.strip() for v in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if v.strip()]
+    if "CUDA_VISIBLE_DEVICES" in os.environ:
+        return listed
+    return [str(i) for i in range(torch.cuda.device_count())] if torch.cuda.is_available() else []

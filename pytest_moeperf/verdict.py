@@ -1,0 +1,76 @@
+"""Is a timing slower than its baseline for real? (SPEC section 4)
+
+A run regresses only when all of these hold:
+- its median is slower than the baseline's by more than max(threshold, noise band), where the noise band is the
+  larger relative spread (IQR / median) of the two runs: a kernel that jitters by 8% cannot be gated at 5%;
+- a one-sided Mann-Whitney U test says its samples are larger than the baseline's with p < 0.01, so a shift of
+  the median alone, without the whole distribution moving, is not enough;
+- a second measurement of the same test says the same (the caller re-measures and asks again).
+Faster beyond the same band (and significant) is "improved"; anything else is "pass".
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+import statistics
+
+P_VALUE = 0.01
+
+
+@dataclasses.dataclass
+class Verdict:
+    kind: str  # "regression", "improved", "pass", "new"
+    ratio: float | None = None  # new median / baseline median
+    band: float | None = None  # the slowdown allowed: max(threshold, noise band)
+    p_value: float | None = None
+
+    def describe(self) -> str:
+        if self.ratio is None:
+            return self.kind
+        return (f"{self.kind}: median {100 * (self.ratio - 1):+.1f}% vs baseline (allowed +/-{100 * self.band:.1f}%, "
+                f"Mann-Whitney p={self.p_value:.2g})")
+
+
+def relative_iqr(samples: list[float]) -> float:
+    q = statistics.quantiles(samples, n=4, method="inclusive")
+    return (q[2] - q[0]) / statistics.median(samples)
+
+
+def mann_whitney_greater(a: list[float], b: list[float]) -> float:
+    """One-sided p-value that values of `a` tend to exceed those of `b` (normal approximation, tie-corrected)."""
+    n1, n2 = len(a), len(b)
+    pooled = sorted([(v, 0) for v in a] + [(v, 1) for v in b])
+    ranks = [0.0] * len(pooled)
+    tie_term = 0.0
+    i = 0
+    while i < len(pooled):
+        j = i
+        while j + 1 < len(pooled) and pooled[j + 1][0] == pooled[i][0]:
+            j += 1
+        for m in range(i, j + 1):
+            ranks[m] = (i + j) / 2 + 1
+        t = j - i + 1
+        tie_term += t ** 3 - t
+        i = j + 1
+    rank_sum_a = sum(r for r, (_, group) in zip(ranks, pooled) if group == 0)
+    u = rank_sum_a - n1 * (n1 + 1) / 2
+    n = n1 + n2
+    var = n1 * n2 / 12 * ((n + 1) - tie_term / (n * (n - 1)))
+    if var <= 0:
+        return 1.0
+    z = (u - n1 * n2 / 2 - 0.5) / math.sqrt(var)  # continuity-corrected
+    return 0.5 * math.erfc(z / math.sqrt(2))
+
+
+def judge(samples: list[float], baseline: list[float] | None, threshold: float) -> Verdict:
+    if not baseline:
+        return Verdict("new")
+    ratio = statistics.median(samples) / statistics.median(baseline)
+    band = max(threshold, relative_iqr(samples), relative_iqr(baseline))
+    if ratio > 1 + band:
+        p = mann_whitney_greater(samples, baseline)
+        return Verdict("regression" if p < P_VALUE else "pass", ratio, band, p)
+    if ratio < 1 - band:
+        p = mann_whitney_greater(baseline, samples)
+        return Verdict("improved" if p < P_VALUE else "pass", ratio, band, p)
+    return Verdict("pass", ratio, band, min(mann_whitney_greater(samples, baseline), 1.0))

@@ -1,0 +1,126 @@
+"""Units behind the gate: the verdict statistics, baseline files, routing generators, config.json models."""
+import json
+import random
+
+import pytest
+import torch
+
+from pytest_moeperf import baselines, models, routing, verdict
+
+
+def noisy(median, n=100, rel=0.01, seed=0):
+    rng = random.Random(seed)
+    return [median * (1 + rng.gauss(0, rel)) for _ in range(n)]
+
+
+def test_clear_regression_fails_noise_passes_improvement_is_marked():
+    base = noisy(10.0)
+    assert verdict.judge(noisy(11.0, seed=1), base, 0.05).kind == "regression"
+    assert verdict.judge(noisy(10.0, seed=2), base, 0.05).kind == "pass"
+    assert verdict.judge(noisy(10.3, seed=3), base, 0.05).kind == "pass"  # +3% is inside the 5% threshold
+    assert verdict.judge(noisy(8.0, seed=4), base, 0.05).kind == "improved"
+    assert verdict.judge(noisy(10.0), None, 0.05).kind == "new"
+
+
+def test_noise_band_widens_the_threshold_for_jittery_kernels():
+    base = noisy(10.0, rel=0.08)
+    slower = noisy(10.8, rel=0.08, seed=5)  # +8% median, but each run's IQR is about 11%
+    v = verdict.judge(slower, base, 0.05)
+    assert v.band > 0.08 and v.kind == "pass"
+
+
+def test_a_slower_median_needs_a_significant_rank_test(monkeypatch):
+    base, slower = noisy(10.0), noisy(12.0, seed=6)
+    assert verdict.judge(slower, base, 0.05).kind == "regression"
+    monkeypatch.setattr(verdict, "mann_whitney_greater", lambda a, b: 0.2)
+    v = verdict.judge(slower, base, 0.05)
+    assert v.ratio > 1.15 and v.kind == "pass"
+
+
+def test_mann_whitney_p_values():
+    # Completely separated samples of 5 and 5: exact one-sided p is 1/252; the normal approximation is close.
+    p = verdict.mann_whitney_greater([6, 7, 8, 9, 10], [1, 2, 3, 4, 5])
+    assert 0.003 < p < 0.01
+    assert verdict.mann_whitney_greater([1, 2, 3, 4, 5], [6, 7, 8, 9, 10]) > 0.99
+    assert 0.5 < verdict.mann_whitney_greater([1, 2, 3, 4], [1, 2, 3, 4]) < 0.8  # continuity correction
+    same = verdict.mann_whitney_greater([1.0] * 10, [1.0] * 10)
+    assert same == 1.0
+
+
+def entry(median):
+    return {"median_us": median, "iqr_us": 0.1, "min_us": median - 0.1, "samples_us": [median] * 5}
+
+
+def test_baseline_update_merges_and_keeps_other_entries(tmp_path):
+    path = baselines.path_for(tmp_path, "GPU_X", "scn")
+    baselines.update(path, {"a": entry(1.0), "b": entry(2.0)}, {"device": "x"}, "scn")
+    baselines.update(path, {"b": entry(3.123456789)}, {"device": "x"}, "scn")
+    data = json.loads(path.read_text())
+    assert set(data["entries"]) == {"a", "b"}
+    assert data["entries"]["a"]["median_us"] == 1.0 and data["entries"]["b"]["median_us"] == 3.1235
+    assert baselines.load(path)["b"]["samples_us"] == [3.1235] * 5
+    assert not list(path.parent.glob("*.tmp"))
+
+
+def test_baseline_write_is_atomic(tmp_path, monkeypatch):
+    path = baselines.path_for(tmp_path, "GPU_X", "scn")
+    baselines.update(path, {"a": entry(1.0)}, {}, "scn")
+    before = path.read_text()
+
+    def crash(*a, **k):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(baselines.json, "dump", crash)
+    with pytest.raises(OSError, match="disk full"):
+        baselines.update(path, {"b": entry(2.0)}, {}, "scn")
+    assert path.read_text() == before
+    assert not [p for p in path.parent.iterdir() if p.name.endswith(".tmp")]
+
+
+@pytest.mark.parametrize("text", ["{not json", "[1, 2]", '{"schema": 7, "entries": {}}',
+                                  '{"schema": 1, "entries": {"a": {"median_us": 1}}}'])
+def test_corrupted_baseline_raises_and_is_left_alone(tmp_path, text):
+    path = baselines.path_for(tmp_path, "GPU_X", "scn")
+    path.parent.mkdir(parents=True)
+    path.write_text(text)
+    with pytest.raises(baselines.BaselineError, match="will not be overwritten"):
+        baselines.update(path, {"a": entry(1.0)}, {}, "scn")
+    assert path.read_text() == text
+
+
+def test_routing_generators():
+    M, k, E = 2000, 4, 32
+    ids, w = routing.make_routing(M, k, E, "uniform", seed=3)
+    assert ids.dtype == torch.int32 and w.dtype == torch.float32 and ids.shape == (M, k)
+    assert all(len(set(row)) == k for row in ids.tolist()), "k distinct experts per token"
+    assert torch.allclose(w.sum(-1), torch.ones(M))
+    again, _ = routing.make_routing(M, k, E, "uniform", seed=3)
+    assert torch.equal(ids, again)
+    counts = torch.bincount(ids.flatten().long(), minlength=E).float()
+    assert counts.min() > 0.5 * counts.mean()
+
+    zipf, _ = routing.make_routing(M, k, E, "zipf", seed=3, alpha=1.5)
+    zc = torch.bincount(zipf.flatten().long(), minlength=E)
+    assert zc[0] > 4 * zc[E // 2]
+
+    hot, _ = routing.make_routing(M, k, E, "hot", seed=3, p=0.6)
+    share = (hot == 0).any(-1).float().mean().item()
+    assert 0.55 < share < 0.75
+
+    sparse, _ = routing.make_routing(M, k, E, "sparse", seed=3, experts_used=6)
+    assert sparse.max().item() < 6 and len(torch.unique(sparse)) == 6
+
+
+def test_expert_map():
+    emap = routing.expert_map_for(16, 4, 2)
+    assert emap.tolist() == [-1] * 8 + [0, 1, 2, 3] + [-1] * 4
+    assert routing.expert_map_for(16, 1, 0) is None
+    with pytest.raises(ValueError, match="not divisible"):
+        routing.expert_map_for(16, 3, 0)
+
+
+def test_builtin_models_match_their_configs(tmp_path):
+    cfg = {"n_routed_experts": 256, "num_experts_per_tok": 8, "hidden_size": 7168, "intermediate_size": 18432,
+           "moe_intermediate_size": 2048, "torch_dtype": "bfloat16"}
+    (tmp_path / "config.json").write_text(json.dumps(cfg))
+    assert models.shape_from_config(tmp_path / "config.json") == models.BUILTIN["deepseek-ai/DeepSeek-V3"]

@@ -1,0 +1,257 @@
+"""The plugin end to end through pytester, on the CPU: collection, schema errors, baselines, verdicts, xdist.
+
+Timing needs a GPU; here a fake timer (written into each test's folder as a conftest) stands in for the CUDA one
+so that the baseline and verdict logic runs for real. FAKE_FACTOR scales its medians.
+"""
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+FAKE_TIMER = '''
+import contextlib, os, random
+import pytest
+from pytest_moeperf.run_state import RUN_KEY
+from pytest_moeperf.timing import Measurement
+
+class FakeTimer:
+    gpu_slug = "FAKE_GPU"
+    def __init__(self):
+        self.rng = random.Random(0)
+    def measure(self, calls, cfg):
+        for c in calls:
+            c()
+        factor = float(os.environ.get("FAKE_FACTOR", "1.0"))
+        noise = float(os.environ.get("FAKE_NOISE", "0.01"))
+        samples = [10.0 * factor * (1 + self.rng.gauss(0, noise)) for _ in range(cfg.samples)]
+        return Measurement(samples, "graph", cfg.invocations, len(calls))
+    def input_sets_for_cold_l2(self, nbytes, device):
+        return 2
+    def ceiling_gbps(self, device):
+        return 1000.0
+    def environment(self):
+        return {"device": "fake"}
+    @contextlib.contextmanager
+    def lock(self):
+        yield
+
+@pytest.hookimpl(trylast=True)
+def pytest_configure(config):
+    run = config.stash.get(RUN_KEY, None)
+    if run is not None:
+        run.timer = FakeTimer()
+'''
+
+SMALL = """
+shape: {num_experts: 8, topk: 2, hidden_size: 64, intermediate_size: 128}
+batch_sizes: [1, 3]
+ops: [permute, align]
+impls: [torch, customized, standard]
+timing: {samples: 20, warmup: 1, invocations: 2}
+"""
+
+
+@pytest.fixture
+def env(pytester, monkeypatch):
+    monkeypatch.setenv("PYTHONPATH", str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    monkeypatch.delenv("FAKE_FACTOR", raising=False)
+    return pytester
+
+
+def baseline_file(pytester, scenario="small"):
+    return pytester.path / "baselines" / "FAKE_GPU" / f"{scenario}.json"
+
+
+def test_collects_one_correctness_and_one_timing_test_per_combination(env):
+    env.makefile(".yaml", small=SMALL)
+    result = env.runpytest("--moeperf", "small.yaml", "--collect-only", "-q")
+    ids = {line for line in result.outlines if "::" in line}
+    expected = {f"small.yaml::{kind}::{op}[{impl}-bf16-M{m}]" for kind in ("correctness", "timing")
+                for op, impls in (("permute", ("torch", "customized", "standard")), ("align", ("torch", "standard")))
+                for impl in impls for m in (1, 3)}
+    assert ids == expected
+
+
+def test_inert_without_the_option(env):
+    env.makefile(".yaml", small=SMALL)
+    env.makepyfile(test_plain="def test_x():\n    assert True\n")
+    result = env.runpytest("-q")
+    result.assert_outcomes(passed=1)
+
+
+def test_cpu_run_checks_correctness_and_skips_timing_with_a_reason(env):
+    env.makefile(".yaml", small=SMALL)
+    result = env.runpytest("--moeperf", "small.yaml", "-rs")
+    result.assert_outcomes(passed=10, skipped=10)
+    result.stdout.fnmatch_lines(["*no CUDA GPU here*timing tests were skipped*", "*timing needs a CUDA GPU*"])
+
+
+def test_cpu_cap_skips_large_batches(env):
+    env.makefile(".yaml", small=SMALL.replace("[1, 3]", "[1, 300]"))
+    result = env.runpytest("--moeperf", "small.yaml", "-rs", "--moeperf-cpu-max-batch", "16", "-k", "correctness")
+    result.assert_outcomes(passed=5, skipped=5)
+    result.stdout.fnmatch_lines(["*M=300 is above --moeperf-cpu-max-batch=16*"])
+
+
+BAD = [
+    ("model: mistralai/Mixtral-8x7B-Instruct-v0.1\nbatchsizes: [1]\n", ":2: key 'batchsizes': unknown key"),
+    ("model: mistralai/Mixtral-8x7B-Instruct-v0.1\nseed: one\n", ":2: key 'seed': must be an integer"),
+    ("model: nobody/NoModel\n", ":1: key 'model': unknown model 'nobody/NoModel'"),
+    ("model: mistralai/Mixtral-8x7B-Instruct-v0.1\ndtypes: [bf16, int4]\n", ":2: key 'dtypes': unknown value 'int4'"),
+    ("model: mistralai/Mixtral-8x7B-Instruct-v0.1\nops: [permute, gemm]\n", ":2: key 'ops': unknown value 'gemm'"),
+    ("model: mistralai/Mixtral-8x7B-Instruct-v0.1\nimpls: [cuda]\n", ":2: key 'impls': unknown implementation"),
+    ("model: mistralai/Mixtral-8x7B-Instruct-v0.1\nbatch_sizes: []\n", ":2: key 'batch_sizes': must be a non-empty"),
+    ("model: mistralai/Mixtral-8x7B-Instruct-v0.1\nbatch_sizes: [4, -1]\n", ":2: key 'batch_sizes': must be >= 1"),
+    ("model: deepseek-ai/DeepSeek-V3\nep_size: 3\n", ":2: key 'ep_size': num_experts=256 is not divisible"),
+    ("model: deepseek-ai/DeepSeek-V3\nep_size: 8\nep_rank: 8\n", ":3: key 'ep_rank': must be <= 7"),
+    ("model: missing/config.json\n", ":1: key 'model': config file .*config.json does not exist"),
+    ("model: partial.json\n", ":1: key 'model': config file .*partial.json lacks a positive integer for topk"),
+    ("model: mistralai/Mixtral-8x7B-Instruct-v0.1\nrouting: {kind: zipf, p: 0.5}\n",
+     ":2: key 'routing.p': does not apply to routing kind 'zipf'"),
+    ("model: mistralai/Mixtral-8x7B-Instruct-v0.1\ntiming: {l2: lukewarm}\n", ":2: key 'timing.l2': unknown value"),
+    ("model: mistralai/Mixtral-8x7B-Instruct-v0.1\nthreshold: -0.1\n", ":2: key 'threshold': must lie strictly"),
+    ("model: mistralai/Mixtral-8x7B-Instruct-v0.1\nmodel: x\n", ":2: key 'model': given twice"),
+    ("shape: {num_experts: 8, topk: 2, hidden_size: 64}\n", ":1: key 'shape': missing intermediate_size"),
+    ("model: mistralai/Mixtral-8x7B-Instruct-v0.1\nimpls: ['nosuchmodule:fn']\n",
+     ":2: key 'impls': implementation 'nosuchmodule:fn': cannot import"),
+    ("model: [unclosed\n", ":1: invalid YAML"),
+]
+
+
+@pytest.mark.parametrize("text,message", BAD, ids=[m.split("'")[1] if "'" in m else m for _, m in BAD])
+def test_schema_errors_are_usage_errors_naming_file_line_and_key(env, text, message):
+    (env.path / "partial.json").write_text(json.dumps({"num_local_experts": 8, "hidden_size": 64,
+                                                       "intermediate_size": 32}))
+    env.makefile(".yaml", bad=text)
+    result = env.runpytest("--moeperf", "bad.yaml")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    err = "\n".join(result.errlines)
+    import re
+    assert re.search(r"ERROR: .*bad\.yaml" + re.escape(message.split(".*")[0]) if ".*" not in message
+                     else message, err), err
+    assert "Traceback" not in err + "\n".join(result.outlines)
+
+
+def test_config_json_models_read_nested_fields(env):
+    (env.path / "llama4.json").write_text(json.dumps({"text_config": {
+        "num_local_experts": 16, "num_experts_per_tok": 1, "hidden_size": 96, "intermediate_size": 64,
+        "torch_dtype": "bfloat16"}}))
+    (env.path / "dbrx.json").write_text(json.dumps({"d_model": 64, "ffn_config": {
+        "moe_num_experts": 16, "moe_top_k": 4, "ffn_hidden_size": 128}}))
+    for name in ("llama4", "dbrx"):
+        env.makefile(".yaml", **{name: f"model: {name}.json\nbatch_sizes: [2]\nops: [permute]\nimpls: [customized]\n"})
+    result = env.runpytest("--moeperf", "llama4.yaml", "dbrx.yaml", "-k", "correctness")
+    result.assert_outcomes(passed=2)
+
+
+USER_IMPL = '''
+import torch
+from pytest_moeperf import reference
+
+def good():
+    return {"permute": reference.moe_permute, "align": reference.moe_align_block_size}
+
+def broken_permute(*args, **kw):
+    out = list(reference.moe_permute(*args, **kw))
+    out[3] = torch.flip(out[3], [0])  # scrambles inv_permuted_idx
+    return tuple(out)
+
+def bad():
+    return {"permute": broken_permute}
+'''
+
+
+def test_user_implementations_by_dotted_path(env, monkeypatch):
+    env.makepyfile(myimpl=USER_IMPL)
+    monkeypatch.syspath_prepend(str(env.path))
+    env.makefile(".yaml", small=SMALL.replace("impls: [torch, customized, standard]",
+                                              "impls: [{name: mine, path: 'myimpl:good'}, 'myimpl:bad']"))
+    env.makeconftest(FAKE_TIMER)
+    result = env.runpytest("--moeperf", "small.yaml", "-rs")
+    result.stdout.fnmatch_lines(["*permute[[]myimpl:bad-bf16-M1[]]: inv_permuted_idx of local routes*",
+                                 "*correctness failed, not timed: inv_permuted_idx*"])
+    result.assert_outcomes(passed=8, failed=2, skipped=2)
+
+
+def run_timed(env, *args, factor="1.0"):
+    os.environ["FAKE_FACTOR"] = factor
+    try:
+        return env.runpytest("--moeperf", "small.yaml", *args)
+    finally:
+        os.environ.pop("FAKE_FACTOR", None)
+
+
+def test_update_baselines_respects_k_and_merges(env):
+    env.makefile(".yaml", small=SMALL)
+    env.makeconftest(FAKE_TIMER)
+    run_timed(env, "--update-baselines", "-k", "timing and permute").assert_outcomes(passed=6)
+    keys = set(json.loads(baseline_file(env).read_text())["entries"])
+    assert keys == {f"permute[{i}-bf16-M{m}]" for i in ("torch", "customized", "standard") for m in (1, 3)}
+    run_timed(env, "--update-baselines", "-k", "timing and align and M1").assert_outcomes(passed=2)
+    data = json.loads(baseline_file(env).read_text())
+    assert set(data["entries"]) == keys | {"align[torch-bf16-M1]", "align[standard-bf16-M1]"}
+    assert data["environment"] == {"device": "fake"} and data["schema"] == 1
+    entry = data["entries"]["permute[customized-bf16-M1]"]
+    assert len(entry["samples_us"]) == 20 and abs(entry["median_us"] - 10) < 0.5
+    text = baseline_file(env).read_text()
+    assert text == json.dumps(data, indent=1, sort_keys=True) + "\n", "sorted keys, one stable layout"
+
+
+def test_verdicts_against_recorded_baselines(env):
+    env.makefile(".yaml", small=SMALL)
+    env.makeconftest(FAKE_TIMER)
+    run_timed(env, "--update-baselines", "-k", "timing").assert_outcomes(passed=10)
+    run_timed(env, "-k", "timing").assert_outcomes(passed=10)  # clean rerun
+    slow = run_timed(env, "-k", "timing", factor="1.3")
+    slow.assert_outcomes(failed=10)
+    slow.stdout.fnmatch_lines(["*slower than the FAKE_GPU baseline, confirmed by a second measurement*+30.0%*",
+                               "*pytest-moeperf timing*", "*regression*"])
+    fast = run_timed(env, "-k", "timing", "--moeperf-json", "out.json", "--junitxml", "junit.xml", factor="0.7")
+    fast.assert_outcomes(passed=10)
+    results = json.loads((env.path / "out.json").read_text())["results"]
+    assert {r["verdict"] for r in results} == {"improved"} and len(results) == 10
+    assert all(abs(r["change_pct"] + 30) < 2 for r in results)
+    junit = (env.path / "junit.xml").read_text()
+    assert 'name="moeperf_verdict" value="improved"' in junit and 'name="moeperf_median_us"' in junit
+    # A threshold above the slowdown lets it pass.
+    run_timed(env, "-k", "timing", "--moeperf-threshold", "0.5", factor="1.3").assert_outcomes(passed=10)
+
+
+def test_missing_baseline_is_new_and_fails_only_when_strict(env):
+    env.makefile(".yaml", small=SMALL)
+    env.makeconftest(FAKE_TIMER)
+    result = run_timed(env, "-k", "timing and permute and M1", "--moeperf-json", "out.json")
+    result.assert_outcomes(passed=3)
+    assert {r["verdict"] for r in json.loads((env.path / "out.json").read_text())["results"]} == {"new"}
+    strict = run_timed(env, "-k", "timing and permute and M1", "--moeperf-strict")
+    strict.assert_outcomes(failed=3)
+    strict.stdout.fnmatch_lines(["*no baseline for FAKE_GPU*--moeperf-strict*"])
+
+
+def test_corrupted_baseline_is_a_clear_error_and_is_never_overwritten(env):
+    env.makefile(".yaml", small=SMALL)
+    env.makeconftest(FAKE_TIMER)
+    path = baseline_file(env)
+    path.parent.mkdir(parents=True)
+    path.write_text('{"schema": 1, "entries": {"permute[torch-bf16-M1]": ')
+    result = run_timed(env, "--update-baselines")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    assert any("small.json is unreadable or corrupted" in line for line in result.errlines)
+    assert path.read_text() == '{"schema": 1, "entries": {"permute[torch-bf16-M1]": '
+
+
+def test_xdist_workers_send_results_to_the_controller_which_writes_once(env):
+    env.makefile(".yaml", small=SMALL)
+    env.makeconftest(FAKE_TIMER)
+    result = env.runpytest_subprocess("--moeperf", "small.yaml", "-n", "2", "--update-baselines", "-k", "timing",
+                                      "--moeperf-json", "out.json")
+    result.assert_outcomes(passed=10)
+    assert len(json.loads(baseline_file(env).read_text())["entries"]) == 10
+    assert len(json.loads((env.path / "out.json").read_text())["results"]) == 10
+    result.stdout.fnmatch_lines(["*wrote 10 baseline entries*"])
+    again = env.runpytest_subprocess("--moeperf", "small.yaml", "-n", "2", "-k", "timing")
+    again.assert_outcomes(passed=10)
