@@ -13,6 +13,7 @@ INI = (
     ("moeperf_strict", "true: a timing test without a baseline for this GPU fails"),
     ("moeperf_cpu_max_batch", "largest batch size checked under the Triton interpreter on the CPU (default 64)"),
     ("moeperf_json", "write every figure and the environment to this JSON file"),
+    ("moeperf_gate_eager", "true: eager-timed results (not capturable in a CUDA graph) fail on a regression too"),
 )
 
 
@@ -24,6 +25,9 @@ def pytest_addoption(parser):
                     help="record the timings of the selected tests as this GPU's baselines (other entries kept)")
     group.addoption("--moeperf-strict", action="store_true", default=False,
                     help="fail timing tests that have no baseline for this GPU")
+    group.addoption("--moeperf-gate-eager", action="store_true", default=False,
+                    help="let eager-timed results (calls that cannot be captured in a CUDA graph) fail on a "
+                         "regression; by default their verdict is advisory, host noise dominates them")
     group.addoption("--moeperf-threshold", type=float, default=None, metavar="FRACTION",
                     help="allowed slowdown for every scenario, overriding theirs")
     group.addoption("--moeperf-baselines", default=None, metavar="DIR", help="folder of baseline files")

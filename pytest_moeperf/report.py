@@ -15,8 +15,8 @@ def _fmt(v, spec):
 
 
 def sort_worst_first(results: list[dict]) -> list[dict]:
-    order = {"regression": 0, "new": 2}
-    return sorted(results, key=lambda r: (order.get(r["verdict"], 1), -(r.get("change_pct") or -1e9),
+    order = {"regression": 0, "regression (eager: advisory)": 1, "new": 3}
+    return sorted(results, key=lambda r: (order.get(r["verdict"], 2), -(r.get("change_pct") or -1e9),
                                           r["scenario"], r["op"], r["impl"], r["dtype"], r["M"]))
 
 

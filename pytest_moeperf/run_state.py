@@ -29,6 +29,7 @@ class MoePerfRun:
         opt = config.getoption
         self.update_baselines = opt("update_baselines")
         self.strict = opt("moeperf_strict") or _ini_bool(config, "moeperf_strict")
+        self.gate_eager = opt("moeperf_gate_eager") or _ini_bool(config, "moeperf_gate_eager")
         self.threshold_override = opt("moeperf_threshold") or _ini_float(config, "moeperf_threshold")
         self.cpu_max_batch = opt("moeperf_cpu_max_batch") or int(config.getini("moeperf_cpu_max_batch") or 64)
         root = opt("moeperf_baselines") or config.getini("moeperf_baselines") or "baselines"

@@ -6,6 +6,7 @@ import dataclasses
 import fcntl
 import statistics
 import tempfile
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -96,12 +97,20 @@ def input_sets_for_cold_l2(bytes_per_set: int, device, cap: int = 64) -> int:
 _ceiling_cache: dict[str, float] = {}
 
 
-def copy_ceiling_gbps(device) -> float:
-    """Device-to-device copy bandwidth (bytes read + written), measured once per process and device."""
+def copy_ceiling_gbps(device, spin_up_s: float = 0.5) -> float:
+    """Device-to-device copy bandwidth (bytes read + written), measured once per process and device.
+
+    Copies run for `spin_up_s` first, so that an idle GPU has raised its clocks before anything is timed.
+    """
     key = str(torch.device(device))
     if key not in _ceiling_cache:
         src = torch.empty(1 << 30, dtype=torch.uint8, device=device).fill_(1)
         dst = torch.empty_like(src)
+        start = time.perf_counter()
+        while time.perf_counter() - start < spin_up_s:
+            for _ in range(8):
+                dst.copy_(src)
+            torch.cuda.synchronize()
         m = measure([lambda: dst.copy_(src)], Timing(invocations=3, samples=20, warmup=3))
         _ceiling_cache[key] = 2 * src.numel() / m.median / 1e3
         del src, dst
@@ -113,6 +122,10 @@ class CudaTimer:
 
     def __init__(self):
         self.gpu_slug = env.gpu_slug()
+
+    @staticmethod
+    def gpu_uuid() -> str:
+        return str(torch.cuda.get_device_properties(torch.cuda.current_device()).uuid)
 
     measure = staticmethod(measure)
     input_sets_for_cold_l2 = staticmethod(input_sets_for_cold_l2)
@@ -126,8 +139,7 @@ class CudaTimer:
     @contextlib.contextmanager
     def lock():
         """One timing at a time per physical GPU, even when more xdist workers than GPUs share one."""
-        uuid = str(torch.cuda.get_device_properties(torch.cuda.current_device()).uuid)
-        path = Path(tempfile.gettempdir()) / f"pytest-moeperf-gpu-{uuid}.lock"
+        path = Path(tempfile.gettempdir()) / f"pytest-moeperf-gpu-{CudaTimer.gpu_uuid()}.lock"
         with open(path, "w") as fh:
             fcntl.flock(fh, fcntl.LOCK_EX)
             try:

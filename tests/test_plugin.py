@@ -8,6 +8,7 @@ import os
 from pathlib import Path
 
 import pytest
+import torch
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -27,13 +28,15 @@ class FakeTimer:
         factor = float(os.environ.get("FAKE_FACTOR", "1.0"))
         noise = float(os.environ.get("FAKE_NOISE", "0.01"))
         samples = [10.0 * factor * (1 + self.rng.gauss(0, noise)) for _ in range(cfg.samples)]
-        return Measurement(samples, "graph", cfg.invocations, len(calls))
+        return Measurement(samples, os.environ.get("FAKE_MODE", "graph"), cfg.invocations, len(calls))
     def input_sets_for_cold_l2(self, nbytes, device):
         return 2
     def ceiling_gbps(self, device):
         return 1000.0
     def environment(self):
         return {"device": "fake"}
+    def gpu_uuid(self):
+        return "GPU-fake"
     @contextlib.contextmanager
     def lock(self):
         yield
@@ -83,6 +86,10 @@ def test_inert_without_the_option(env):
     result.assert_outcomes(passed=1)
 
 
+cpu_only = pytest.mark.skipif(torch.cuda.is_available(), reason="checks what a machine without a GPU does")
+
+
+@cpu_only
 def test_cpu_run_checks_correctness_and_skips_timing_with_a_reason(env):
     env.makefile(".yaml", small=SMALL)
     result = env.runpytest("--moeperf", "small.yaml", "-rs")
@@ -90,6 +97,7 @@ def test_cpu_run_checks_correctness_and_skips_timing_with_a_reason(env):
     result.stdout.fnmatch_lines(["*no CUDA GPU here*timing tests were skipped*", "*timing needs a CUDA GPU*"])
 
 
+@cpu_only
 def test_cpu_cap_skips_large_batches(env):
     env.makefile(".yaml", small=SMALL.replace("[1, 3]", "[1, 300]"))
     result = env.runpytest("--moeperf", "small.yaml", "-rs", "--moeperf-cpu-max-batch", "16", "-k", "correctness")
@@ -177,12 +185,13 @@ def test_user_implementations_by_dotted_path(env, monkeypatch):
     result.assert_outcomes(passed=8, failed=2, skipped=2)
 
 
-def run_timed(env, *args, factor="1.0"):
-    os.environ["FAKE_FACTOR"] = factor
+def run_timed(env, *args, factor="1.0", mode="graph"):
+    os.environ["FAKE_FACTOR"], os.environ["FAKE_MODE"] = factor, mode
     try:
         return env.runpytest("--moeperf", "small.yaml", *args)
     finally:
         os.environ.pop("FAKE_FACTOR", None)
+        os.environ.pop("FAKE_MODE", None)
 
 
 def test_update_baselines_respects_k_and_merges(env):
@@ -255,3 +264,24 @@ def test_xdist_workers_send_results_to_the_controller_which_writes_once(env):
     result.stdout.fnmatch_lines(["*wrote 10 baseline entries*"])
     again = env.runpytest_subprocess("--moeperf", "small.yaml", "-n", "2", "-k", "timing")
     again.assert_outcomes(passed=10)
+
+
+def test_torch_reference_is_timed_only_when_named(env):
+    env.makefile(".yaml", small=SMALL.replace("impls: [torch, customized, standard]\n", ""))
+    result = env.runpytest("--moeperf", "small.yaml", "--collect-only", "-q")
+    ids = [line for line in result.outlines if "::" in line]
+    assert any("correctness::permute[torch-" in i for i in ids)
+    assert not any("timing::" in i and "[torch-" in i for i in ids)
+    assert any("timing::permute[customized_scratch-" in i for i in ids)
+
+
+def test_eager_regressions_are_advisory_unless_gated(env):
+    env.makefile(".yaml", small=SMALL)
+    env.makeconftest(FAKE_TIMER)
+    run_timed(env, "--update-baselines", "-k", "timing and permute", mode="eager").assert_outcomes(passed=6)
+    advisory = run_timed(env, "-k", "timing and permute", "--moeperf-json", "out.json", factor="1.5", mode="eager")
+    advisory.assert_outcomes(passed=6)
+    verdicts = {r["verdict"] for r in json.loads((env.path / "out.json").read_text())["results"]}
+    assert verdicts == {"regression (eager: advisory)"}
+    gated = run_timed(env, "-k", "timing and permute", "--moeperf-gate-eager", factor="1.5", mode="eager")
+    gated.assert_outcomes(failed=6)
