@@ -42,11 +42,7 @@ def pytest_configure(config):
     paths = config.getoption("moeperf")
     if not paths:
         return
-    if is_worker(config):
-        gpus = config.workerinput.get("moeperf_gpus") or []
-        if gpus:  # pin before this process starts CUDA
-            index = int(config.workerinput["workerid"].lstrip("gw"))
-            os.environ["CUDA_VISIBLE_DEVICES"] = gpus[index % len(gpus)]
+    pinned = _pin_worker_gpu(config) if is_worker(config) else None
     import torch
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -65,7 +61,7 @@ def pytest_configure(config):
                                                               " (baseline files are named after it)")
             names[s.name] = f
             entries[f.resolve()] = (s, impls.for_scenario(s))
-        run = MoePerfRun(config, entries, device)
+        run = MoePerfRun(config, entries, device, pinned)
     except (scenario.ScenarioError, impls.ImplError) as e:
         raise pytest.UsageError(str(e)) from None
     config.stash[RUN_KEY] = run
@@ -74,6 +70,25 @@ def pytest_configure(config):
         config.args[:] = [str(f) for f in files]
     else:
         config.args.extend(str(f) for f in files)
+
+
+def _pin_worker_gpu(config) -> str | None:
+    """Give this xdist worker one GPU: CUDA_VISIBLE_DEVICES before CUDA starts in this process. Should another
+    plugin have started CUDA already, the variable no longer applies and the device is selected instead."""
+    gpus = config.workerinput.get("moeperf_gpus") or []
+    if not gpus:
+        return None
+    target = gpus[int(config.workerinput["workerid"].lstrip("gw")) % len(gpus)]
+    os.environ["CUDA_VISIBLE_DEVICES"] = target
+    import torch
+
+    if torch.cuda.is_initialized():
+        if not target.isdigit():
+            raise pytest.UsageError(f"CUDA started in xdist worker {config.workerinput['workerid']} before "
+                                    f"pytest-moeperf could pin it to GPU {target}; start fewer plugins")
+        torch.cuda.set_device(int(target))
+        return f"{target} (set_device: CUDA had started before pinning)"
+    return target
 
 
 def pytest_collect_file(file_path, parent):

@@ -22,8 +22,9 @@ def is_worker(config) -> bool:
 
 
 class MoePerfRun:
-    def __init__(self, config, entries: dict, device: str):
+    def __init__(self, config, entries: dict, device: str, pinned_gpu: str | None = None):
         self.config = config
+        self.pinned_gpu = pinned_gpu  # the GPU this xdist worker was given
         self.entries = entries  # resolved scenario path -> (Scenario, [Impl])
         self.device = device
         opt = config.getoption
@@ -138,7 +139,9 @@ def _ini_float(config, name):
 
 
 def visible_gpus() -> list[str]:
+    """The GPUs this process may use, as CUDA_VISIBLE_DEVICES entries (indices when the variable is unset)."""
+    if not torch.cuda.is_available():
+        return []
     listed = [v.strip() for v in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if v.strip()]
-    if "CUDA_VISIBLE_DEVICES" in os.environ:
-        return listed
-    return [str(i) for i in range(torch.cuda.device_count())] if torch.cuda.is_available() else []
+    count = torch.cuda.device_count()
+    return listed[:count] if len(listed) >= count else [str(i) for i in range(count)]
