@@ -73,8 +73,8 @@ def pytest_configure(config):
 
 
 def _pin_worker_gpu(config) -> str | None:
-    """Give this xdist worker one GPU: CUDA_VISIBLE_DEVICES before CUDA starts in this process. Should another
-    plugin have started CUDA already, the variable no longer applies and the device is selected instead."""
+    """Give this xdist worker one GPU: CUDA_VISIBLE_DEVICES before CUDA starts in this process. Should CUDA have
+    started already (another plugin), the variable no longer applies, and the device is selected instead."""
     gpus = config.workerinput.get("moeperf_gpus") or []
     if not gpus:
         return None
@@ -82,13 +82,14 @@ def _pin_worker_gpu(config) -> str | None:
     os.environ["CUDA_VISIBLE_DEVICES"] = target
     import torch
 
-    if torch.cuda.is_initialized():
-        if not target.isdigit():
-            raise pytest.UsageError(f"CUDA started in xdist worker {config.workerinput['workerid']} before "
-                                    f"pytest-moeperf could pin it to GPU {target}; start fewer plugins")
-        torch.cuda.set_device(int(target))
-        return f"{target} (set_device: CUDA had started before pinning)"
-    return target
+    count = torch.cuda.device_count()
+    if count <= 1:
+        return target
+    if not target.isdigit() or int(target) >= count:
+        raise pytest.UsageError(f"CUDA started in xdist worker {config.workerinput['workerid']} before "
+                                f"pytest-moeperf could pin it to GPU {target}; disable the plugin that starts it")
+    torch.cuda.set_device(int(target))
+    return f"{target} (selected: CUDA had started before pinning)"
 
 
 def pytest_collect_file(file_path, parent):
@@ -100,7 +101,7 @@ def pytest_collect_file(file_path, parent):
     return None
 
 
-@pytest.hookimpl(optionalhook=True)
+@pytest.hookimpl(optionalhook=True, tryfirst=True)
 def pytest_xdist_auto_num_workers(config):
     """-n auto: one worker per visible GPU."""
     if config.getoption("moeperf"):

@@ -286,3 +286,13 @@ def test_eager_regressions_are_advisory_unless_gated(env):
     assert verdicts == {"regression (eager: advisory)"}
     gated = run_timed(env, "-k", "timing and permute", "--moeperf-gate-eager", factor="1.5", mode="eager")
     gated.assert_outcomes(failed=6)
+
+
+def test_auto_workers_one_per_visible_gpu(env, monkeypatch):
+    import pytest_moeperf.plugin as plugin
+
+    env.makefile(".yaml", small=SMALL)
+    monkeypatch.setattr(plugin, "visible_gpus", lambda: ["0", "1", "2"])
+    result = env.runpytest("--moeperf", "small.yaml", "-n", "auto", "-k", "correctness and torch")
+    result.stdout.fnmatch_lines(["*created: 3/3 workers*"])
+    result.assert_outcomes(passed=4)
