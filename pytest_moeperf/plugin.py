@@ -5,7 +5,7 @@ import os
 
 import pytest
 
-from pytest_moeperf.run_state import RUN_KEY, MoePerfRun, is_worker, visible_gpus
+from pytest_moeperf.run_state import RUN_KEY, MoePerfRun, gpu_uuids, is_worker, visible_gpus
 
 INI = (
     ("moeperf_baselines", "folder of baseline files (default: baselines/ under the rootdir)"),
@@ -42,7 +42,7 @@ def pytest_configure(config):
     paths = config.getoption("moeperf")
     if not paths:
         return
-    pinned = _pin_worker_gpu(config) if is_worker(config) else None
+    pinned = _check_worker_gpu(config) if is_worker(config) else None
     import torch
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -72,24 +72,33 @@ def pytest_configure(config):
         config.args.extend(str(f) for f in files)
 
 
-def _pin_worker_gpu(config) -> str | None:
-    """Give this xdist worker one GPU: CUDA_VISIBLE_DEVICES before CUDA starts in this process. Should CUDA have
-    started already (another plugin), the variable no longer applies, and the device is selected instead."""
-    gpus = config.workerinput.get("moeperf_gpus") or []
-    if not gpus:
+def _check_worker_gpu(config) -> str | None:
+    """In an xdist worker: the GPU the controller gave it (CUDA_VISIBLE_DEVICES, set when the worker process was
+    started, before anything could start CUDA), checked by uuid so that two workers never share a GPU unknowingly."""
+    expected = config.workerinput.get("moeperf_gpu_uuids") or {}
+    target = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if not expected or target not in expected:
         return None
-    target = gpus[int(config.workerinput["workerid"].lstrip("gw")) % len(gpus)]
-    os.environ["CUDA_VISIBLE_DEVICES"] = target
     import torch
 
-    count = torch.cuda.device_count()
-    if count <= 1:
-        return target
-    if not target.isdigit() or int(target) >= count:
-        raise pytest.UsageError(f"CUDA started in xdist worker {config.workerinput['workerid']} before "
-                                f"pytest-moeperf could pin it to GPU {target}; disable the plugin that starts it")
-    torch.cuda.set_device(int(target))
-    return f"{target} (selected: CUDA had started before pinning)"
+    actual = str(torch.cuda.get_device_properties(0).uuid) if torch.cuda.is_available() else None
+    if actual != expected[target]:
+        raise pytest.UsageError(f"xdist worker {config.workerinput['workerid']} was given GPU {target} (uuid "
+                                f"{expected[target]}) but CUDA shows {actual}")
+    return target
+
+
+def _with_gpu(spec: str, gpu: str) -> str:
+    return spec if "env:CUDA_VISIBLE_DEVICES=" in spec else f"{spec}//env:CUDA_VISIBLE_DEVICES={gpu}"
+
+
+def pytest_cmdline_main(config):
+    """Under xdist, start worker i with CUDA_VISIBLE_DEVICES set to GPU i mod (visible GPUs)."""
+    tx = getattr(config.option, "tx", None)
+    if config.getoption("moeperf") and tx:
+        gpus = visible_gpus()
+        if gpus:
+            config.option.tx = [_with_gpu(spec, gpus[i % len(gpus)]) for i, spec in enumerate(tx)]
 
 
 def pytest_collect_file(file_path, parent):
@@ -113,4 +122,4 @@ def pytest_xdist_auto_num_workers(config):
 @pytest.hookimpl(optionalhook=True)
 def pytest_configure_node(node):
     if node.config.getoption("moeperf"):
-        node.workerinput["moeperf_gpus"] = visible_gpus()
+        node.workerinput["moeperf_gpu_uuids"] = gpu_uuids()

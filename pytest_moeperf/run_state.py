@@ -145,3 +145,8 @@ def visible_gpus() -> list[str]:
     listed = [v.strip() for v in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if v.strip()]
     count = torch.cuda.device_count()
     return listed[:count] if len(listed) >= count else [str(i) for i in range(count)]
+
+
+def gpu_uuids() -> dict[str, str]:
+    """CUDA_VISIBLE_DEVICES entry -> uuid of each visible GPU."""
+    return {gpu: str(torch.cuda.get_device_properties(i).uuid) for i, gpu in enumerate(visible_gpus())}

@@ -293,6 +293,14 @@ def test_auto_workers_one_per_visible_gpu(env, monkeypatch):
 
     env.makefile(".yaml", small=SMALL)
     monkeypatch.setattr(plugin, "visible_gpus", lambda: ["0", "1", "2"])
+    env.makeconftest("""
+import os
+def pytest_runtest_setup(item):
+    with open(os.path.join(str(item.config.rootpath), "gpus.txt"), "a") as f:
+        f.write(os.environ["PYTEST_XDIST_WORKER"] + " " + os.environ.get("CUDA_VISIBLE_DEVICES", "-") + "\\n")
+""")
     result = env.runpytest("--moeperf", "small.yaml", "-n", "auto", "-k", "correctness and torch")
     result.stdout.fnmatch_lines(["*created: 3/3 workers*"])
     result.assert_outcomes(passed=4)
+    seen = set((env.path / "gpus.txt").read_text().split("\n")) - {""}
+    assert seen <= {"gw0 0", "gw1 1", "gw2 2"} and seen, seen
