@@ -13,6 +13,8 @@ INI = (
     ("moeperf_strict", "true: a timing test without a baseline for this GPU fails"),
     ("moeperf_cpu_max_batch", "largest batch size checked under the Triton interpreter on the CPU (default 64)"),
     ("moeperf_json", "write every figure and the environment to this JSON file"),
+    ("moeperf_markdown", "write a markdown summary to this file (also appended to $GITHUB_STEP_SUMMARY when set)"),
+    ("moeperf_plot", "write one PNG per scenario and op into this folder (needs matplotlib)"),
     ("moeperf_gate_eager", "true: eager-timed results (not capturable in a CUDA graph) fail on a regression too"),
 )
 
@@ -32,6 +34,10 @@ def pytest_addoption(parser):
                     help="allowed slowdown for every scenario, overriding theirs")
     group.addoption("--moeperf-baselines", default=None, metavar="DIR", help="folder of baseline files")
     group.addoption("--moeperf-json", default=None, metavar="PATH", help="write results and environment as JSON")
+    group.addoption("--moeperf-markdown", default=None, metavar="PATH",
+                    help="write a markdown summary (also appended to $GITHUB_STEP_SUMMARY when set)")
+    group.addoption("--moeperf-plot", default=None, metavar="DIR",
+                    help="write one PNG per scenario and op: latency against batch size (needs matplotlib)")
     group.addoption("--moeperf-cpu-max-batch", type=int, default=None, metavar="M",
                     help="largest batch size checked on the CPU under the Triton interpreter (default 64)")
     for name, text in INI:
@@ -48,7 +54,10 @@ def pytest_configure(config):
     device = "cuda" if torch.cuda.is_available() else "cpu"
     if device == "cpu":  # read by triton.jit when the kernels are decorated: before they are imported
         os.environ.setdefault("TRITON_INTERPRET", "1")
-    from pytest_moeperf import impls, scenario
+    from pytest_moeperf import impls, plots, scenario
+
+    if (config.getoption("moeperf_plot") or config.getini("moeperf_plot")) and not plots.available():
+        raise pytest.UsageError(plots.INSTALL_HINT)
 
     try:
         files = scenario.expand_paths(paths)

@@ -1,7 +1,10 @@
 """Reports of a run: the terminal table, the JSON file, and each result's JUnit properties."""
 from __future__ import annotations
 
+import datetime
 import json
+import os
+from collections import Counter
 from pathlib import Path
 
 from tabulate import tabulate
@@ -38,3 +41,44 @@ def write_json(path: str | Path, results: list[dict], environments: dict) -> Non
     data = {"environments": environments, "results": sort_worst_first(results)}
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     Path(path).write_text(json.dumps(data, indent=1, sort_keys=True) + "\n")
+
+
+def markdown(results: list[dict], environments: dict) -> str:
+    """A summary for people: counts, the environment, regressions first, then one table per scenario."""
+    now = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    counts = Counter(r["verdict"] for r in results)
+    lines = [f"## pytest-moeperf timing ({now})", ""]
+    for slug, e in sorted(environments.items()):
+        lines.append(f"- GPU `{slug}`: {e.get('device', '?')}, {e.get('sm_count', '?')} SMs, driver "
+                     f"{e.get('driver_version', '?')}, CUDA {e.get('cuda', '?')}, torch {e.get('torch', '?')}, triton "
+                     f"{e.get('triton', '?')}, SM clock {e.get('clocks.sm', '?')} / {e.get('clocks.max.sm', '?')} MHz")
+    lines.append("- " + ", ".join(f"{n} {v}" for v, n in sorted(counts.items())) + f" ({len(results)} timing tests)")
+    lines.append("")
+    header = "| scenario | op | impl | dtype | M | median us | baseline us | change % | GB/s | % ceiling | verdict |"
+    rule = "|" + "---|" * 11
+
+    def row(r):
+        return (f"| {r['scenario']} | {r['op']} | {r['impl']} | {r['dtype']} | {r['M']} | {_fmt(r['median_us'], '.2f')}"
+                f" | {_fmt(r.get('baseline_median_us'), '.2f')} | {_fmt(r.get('change_pct'), '+.1f')} | "
+                f"{_fmt(r.get('gbps'), '.0f')} | {_fmt(r.get('ceiling_pct'), '.0f')} | {r['verdict']} |")
+
+    bad = [r for r in sort_worst_first(results) if r["verdict"] == "regression"]
+    if bad:
+        lines += ["### Regressions", "", header, rule] + [row(r) for r in bad] + [""]
+    for scenario in sorted({r["scenario"] for r in results}):
+        mine = sorted((r for r in results if r["scenario"] == scenario),
+                      key=lambda r: (r["op"], r["impl"], r["dtype"], r["M"]))
+        lines += [f"### {scenario}", "", header, rule] + [row(r) for r in mine] + [""]
+    return "\n".join(lines)
+
+
+def write_markdown(path: str | Path | None, results: list[dict], environments: dict) -> None:
+    """Write the summary to `path` and append it to $GITHUB_STEP_SUMMARY when that is set."""
+    text = markdown(results, environments)
+    if path:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        Path(path).write_text(text + "\n")
+    summary = os.environ.get("GITHUB_STEP_SUMMARY")
+    if summary:
+        with open(summary, "a") as fh:
+            fh.write(text + "\n")

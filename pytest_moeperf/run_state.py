@@ -36,6 +36,9 @@ class MoePerfRun:
         root = opt("moeperf_baselines") or config.getini("moeperf_baselines") or "baselines"
         self.baselines_root = Path(root) if Path(root).is_absolute() else Path(config.rootpath) / root
         self.json_path = opt("moeperf_json") or config.getini("moeperf_json") or None
+        self.markdown_path = opt("moeperf_markdown") or config.getini("moeperf_markdown") or None
+        self.plot_dir = opt("moeperf_plot") or config.getini("moeperf_plot") or None
+        self.plots: list[Path] = []
         self.timer = timing.CudaTimer() if device == "cuda" else None  # None: timing tests are skipped
         self._baselines: dict[str, dict] = {}
         self.results: list[dict] = []
@@ -88,6 +91,11 @@ class MoePerfRun:
             errors = self._write_baselines()
         if self.json_path:
             report.write_json(self.json_path, self.results, self.environments)
+        report.write_markdown(self.markdown_path, self.results, self.environments)
+        if self.plot_dir:
+            from pytest_moeperf import plots
+
+            self.plots = plots.write(self.plot_dir, self.results)
         if errors:
             tr = self.config.pluginmanager.get_plugin("terminalreporter")
             for e in errors:
@@ -124,6 +132,8 @@ class MoePerfRun:
                 tr.write_line(line)
         for path, n in self.written:
             tr.write_line(f"pytest-moeperf: wrote {n} baseline entries to {path}")
+        if self.plots:
+            tr.write_line(f"pytest-moeperf: wrote {len(self.plots)} plots to {self.plot_dir}")
         if self.timer is None:
             tr.write_line("pytest-moeperf: no CUDA GPU here - correctness ran under the Triton interpreter "
                           f"(batch sizes <= {self.cpu_max_batch}); timing tests were skipped")

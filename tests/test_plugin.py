@@ -304,3 +304,38 @@ def pytest_runtest_setup(item):
     result.assert_outcomes(passed=4)
     seen = set((env.path / "gpus.txt").read_text().split("\n")) - {""}
     assert seen <= {"gw0 0", "gw1 1", "gw2 2"} and seen, seen
+
+
+def test_markdown_summary_and_github_step_summary(env, monkeypatch):
+    env.makefile(".yaml", small=SMALL)
+    env.makeconftest(FAKE_TIMER)
+    run_timed(env, "--update-baselines", "-k", "timing").assert_outcomes(passed=10)
+    summary = env.path / "step_summary.md"
+    monkeypatch.setenv("GITHUB_STEP_SUMMARY", str(summary))
+    run_timed(env, "-k", "timing", "--moeperf-markdown", "report.md", factor="1.3").assert_outcomes(failed=10)
+    text = (env.path / "report.md").read_text()
+    assert "### Regressions" in text and "| small | permute | customized | bf16 | 1 |" in text
+    assert "10 regression (10 timing tests)" in text and "GPU `FAKE_GPU`" in text
+    assert summary.read_text() == text
+
+
+@pytest.mark.skipif(not __import__("pytest_moeperf.plots").plots.available(), reason="matplotlib not installed")
+def test_plots_one_png_per_scenario_and_op(env):
+    env.makefile(".yaml", small=SMALL)
+    env.makeconftest(FAKE_TIMER)
+    run_timed(env, "--update-baselines", "-k", "timing").assert_outcomes(passed=10)
+    result = run_timed(env, "-k", "timing", "--moeperf-plot", "plots", factor="1.3")
+    result.stdout.fnmatch_lines(["*wrote 2 plots to plots*"])
+    pngs = sorted(p.name for p in (env.path / "plots").iterdir())
+    assert pngs == ["small-align.png", "small-permute.png"]
+    assert (env.path / "plots" / "small-permute.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_plot_without_matplotlib_says_how_to_install(env, monkeypatch):
+    import pytest_moeperf.plots as plots
+
+    monkeypatch.setattr(plots, "available", lambda: False)
+    env.makefile(".yaml", small=SMALL)
+    result = env.runpytest("--moeperf", "small.yaml", "--moeperf-plot", "plots")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    assert any("pip install 'pytest-moeperf[plot]'" in line for line in result.errlines)
