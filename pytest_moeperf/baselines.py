@@ -4,6 +4,7 @@ from __future__ import annotations
 import contextlib
 import datetime
 import fcntl
+import hashlib
 import json
 import os
 import tempfile
@@ -55,7 +56,9 @@ def _rounded(entry: dict) -> dict:
 
 @contextlib.contextmanager
 def _locked(path: Path):
-    lock = path.with_name(path.name + ".lock")
+    """Serialise writers of one baseline file on this machine (the lock file lives in the temp folder)."""
+    digest = hashlib.sha1(str(path.resolve()).encode()).hexdigest()[:16]
+    lock = Path(tempfile.gettempdir()) / f"pytest-moeperf-baseline-{digest}.lock"
     with open(lock, "w") as fh:
         fcntl.flock(fh, fcntl.LOCK_EX)
         try:

@@ -37,10 +37,20 @@ class Measurement:
     def min(self) -> float:
         return min(self.samples_us)
 
+    @property
+    def spread(self) -> float:
+        """IQR relative to the median."""
+        return self.iqr / self.median
 
-def _time_replays(run: Callable[[], None], calls: int, timing: Timing) -> list[float]:
-    for _ in range(timing.warmup):
+
+def _time_replays(run: Callable[[], None], calls: int, timing: Timing, min_warmup_s: float = 0.02) -> list[float]:
+    # Warm up for `warmup` replays and at least min_warmup_s: a GPU that idled while the host checked correctness
+    # has lowered its clocks, and a few replays of a 2 us kernel are not enough to raise them again.
+    start, done = time.perf_counter(), 0
+    while done < timing.warmup or time.perf_counter() - start < min_warmup_s:
         run()
+        torch.cuda.synchronize()
+        done += 1
     samples = []
     for _ in range(timing.samples):
         start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)

@@ -59,7 +59,7 @@ def test_baseline_update_merges_and_keeps_other_entries(tmp_path):
     assert set(data["entries"]) == {"a", "b"}
     assert data["entries"]["a"]["median_us"] == 1.0 and data["entries"]["b"]["median_us"] == 3.1235
     assert baselines.load(path)["b"]["samples_us"] == [3.1235] * 5
-    assert not list(path.parent.glob("*.tmp"))
+    assert sorted(p.name for p in path.parent.iterdir()) == ["scn.json"], "no temp or lock files left beside it"
 
 
 def test_baseline_write_is_atomic(tmp_path, monkeypatch):
