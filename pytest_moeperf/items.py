@@ -136,11 +136,12 @@ class TimingItem(_Item):
                 again = timer.measure(calls, self.scenario.timing)
                 m = min(m, again, key=lambda x: x.spread)
                 tries += 1
-            v = verdict.judge(m.samples_us, baseline_samples, threshold)
+            floor = self.run_state.noise_floor_us
+            v = verdict.judge(m.samples_us, baseline_samples, threshold, floor)
             if v.kind != "regression":
                 return m, v, None
             m2 = timer.measure(calls, self.scenario.timing)
-            v2 = verdict.judge(m2.samples_us, baseline_samples, threshold)
+            v2 = verdict.judge(m2.samples_us, baseline_samples, threshold, floor)
         if v2.kind == "regression":
             return m, v, True
         return m2, v2, False

@@ -10,6 +10,7 @@ from pytest_moeperf.run_state import RUN_KEY, MoePerfRun, gpu_uuids, is_worker, 
 INI = (
     ("moeperf_baselines", "folder of baseline files (default: baselines/ under the rootdir)"),
     ("moeperf_threshold", "allowed slowdown for every scenario, overriding theirs (e.g. 0.05)"),
+    ("moeperf_noise_floor_us", "smallest slowdown in microseconds that can fail a test (default 0.5)"),
     ("moeperf_strict", "true: a timing test without a baseline for this GPU fails"),
     ("moeperf_cpu_max_batch", "largest batch size checked under the Triton interpreter on the CPU (default 64)"),
     ("moeperf_json", "write every figure and the environment to this JSON file"),
@@ -32,6 +33,8 @@ def pytest_addoption(parser):
                          "regression; by default their verdict is advisory, host noise dominates them")
     group.addoption("--moeperf-threshold", type=float, default=None, metavar="FRACTION",
                     help="allowed slowdown for every scenario, overriding theirs")
+    group.addoption("--moeperf-noise-floor-us", type=float, default=None, metavar="US",
+                    help="smallest slowdown in microseconds that can fail a timing test (default 0.5)")
     group.addoption("--moeperf-baselines", default=None, metavar="DIR", help="folder of baseline files")
     group.addoption("--moeperf-json", default=None, metavar="PATH", help="write results and environment as JSON")
     group.addoption("--moeperf-markdown", default=None, metavar="PATH",

@@ -2,7 +2,9 @@
 
 A run regresses only when all of these hold:
 - its median is slower than the baseline's by more than max(threshold, noise band), where the noise band is the
-  larger relative spread (IQR / median) of the two runs: a kernel that jitters by 8% cannot be gated at 5%;
+  larger relative spread (IQR / median) of the two runs (a kernel that jitters by 8% cannot be gated at 5%) and at
+  least an absolute floor in microseconds over the baseline median (a few-microsecond kernel differs by several
+  percent between two GPUs of one model; the floor leaves kernels of >= floor/threshold microseconds untouched);
 - a one-sided Mann-Whitney U test says its samples are larger than the baseline's with p < 0.01, so a shift of
   the median alone, without the whole distribution moving, is not enough;
 - a second measurement of the same test says the same (the caller re-measures and asks again).
@@ -62,11 +64,12 @@ def mann_whitney_greater(a: list[float], b: list[float]) -> float:
     return 0.5 * math.erfc(z / math.sqrt(2))
 
 
-def judge(samples: list[float], baseline: list[float] | None, threshold: float) -> Verdict:
+def judge(samples: list[float], baseline: list[float] | None, threshold: float, floor_us: float = 0.0) -> Verdict:
     if not baseline:
         return Verdict("new")
-    ratio = statistics.median(samples) / statistics.median(baseline)
-    band = max(threshold, relative_iqr(samples), relative_iqr(baseline))
+    base_median = statistics.median(baseline)
+    ratio = statistics.median(samples) / base_median
+    band = max(threshold, relative_iqr(samples), relative_iqr(baseline), floor_us / base_median)
     if ratio > 1 + band:
         p = mann_whitney_greater(samples, baseline)
         return Verdict("regression" if p < P_VALUE else "pass", ratio, band, p)

@@ -29,6 +29,14 @@ def test_noise_band_widens_the_threshold_for_jittery_kernels():
     assert v.band > 0.08 and v.kind == "pass"
 
 
+def test_the_absolute_floor_spares_microsecond_kernels_only():
+    small, big = noisy(2.5), noisy(10.0)
+    assert verdict.judge(noisy(2.5 * 1.08, seed=7), small, 0.05, floor_us=0.0).kind == "regression"
+    assert verdict.judge(noisy(2.5 * 1.08, seed=7), small, 0.05, floor_us=0.5).kind == "pass"
+    assert verdict.judge(noisy(2.5 * 1.5, seed=7), small, 0.05, floor_us=0.5).kind == "regression"
+    assert verdict.judge(noisy(10.0 * 1.07, seed=8), big, 0.05, floor_us=0.5).kind == "regression"
+
+
 def test_a_slower_median_needs_a_significant_rank_test(monkeypatch):
     base, slower = noisy(10.0), noisy(12.0, seed=6)
     assert verdict.judge(slower, base, 0.05).kind == "regression"

@@ -227,8 +227,9 @@ def test_verdicts_against_recorded_baselines(env):
     assert all(abs(r["change_pct"] + 30) < 2 for r in results)
     junit = (env.path / "junit.xml").read_text()
     assert 'name="moeperf_verdict" value="improved"' in junit and 'name="moeperf_median_us"' in junit
-    # A threshold above the slowdown lets it pass.
+    # A threshold above the slowdown lets it pass, and so does an absolute floor above it (3 us on 10 us).
     run_timed(env, "-k", "timing", "--moeperf-threshold", "0.5", factor="1.3").assert_outcomes(passed=10)
+    run_timed(env, "-k", "timing", "--moeperf-noise-floor-us", "4", factor="1.3").assert_outcomes(passed=10)
 
 
 def test_missing_baseline_is_new_and_fails_only_when_strict(env):
