@@ -34,7 +34,7 @@ def _check_reduce_args(out, permuted, inv, inv_name: str, weights, weights_name:
     k = inv.numel() // M if M else 0
     if weights is not None:
         _checks.check_weights(weights, (M, k), weights_name)
-    for name, t in ((f"out", out), (permuted_name, permuted)):
+    for name, t in (("out", out), (permuted_name, permuted)):
         if t.stride(1) != 1:
             raise ValueError(f"{name} must be row-contiguous (stride 1 along the hidden size), got strides "
                              f"{tuple(t.stride())}")

@@ -3,12 +3,13 @@ from __future__ import annotations
 
 import contextlib
 import datetime
-import fcntl
 import hashlib
 import json
 import os
 import tempfile
 from pathlib import Path
+
+from pytest_moeperf.locks import machine_lock
 
 SCHEMA = 1
 
@@ -54,17 +55,9 @@ def _rounded(entry: dict) -> dict:
     return out
 
 
-@contextlib.contextmanager
 def _locked(path: Path):
-    """Serialise writers of one baseline file on this machine (the lock file lives in the temp folder)."""
-    digest = hashlib.sha1(str(path.resolve()).encode()).hexdigest()[:16]
-    lock = Path(tempfile.gettempdir()) / f"pytest-moeperf-baseline-{digest}.lock"
-    with open(lock, "w") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
+    """Serialise writers of one baseline file on this machine."""
+    return machine_lock("baseline-" + hashlib.sha1(str(path.resolve()).encode()).hexdigest()[:16])
 
 
 def update(path: Path, entries: dict[str, dict], environment: dict, scenario: str) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 import os
 
 import pytest
+import torch
 
 from pytest_moeperf.run_state import RUN_KEY, MoePerfRun, gpu_uuids, is_worker, visible_gpus
 
@@ -52,36 +53,17 @@ def pytest_configure(config):
     if not paths:
         return
     pinned = _check_worker_gpu(config) if is_worker(config) else None
-    import torch
-
     device = "cuda" if torch.cuda.is_available() else "cpu"
     if device == "cpu":  # read by triton.jit when the kernels are decorated: before they are imported
         os.environ.setdefault("TRITON_INTERPRET", "1")
-    from pytest_moeperf import impls, plots, scenario
-
-    if (config.getoption("moeperf_plot") or config.getini("moeperf_plot")) and not plots.available():
-        raise pytest.UsageError(plots.INSTALL_HINT)
-
-    try:
-        files = scenario.expand_paths(paths)
-        entries = {}
-        names = {}
-        for f in files:
-            s = scenario.load(f)
-            if s.name in names:
-                raise scenario.ScenarioError(f, None, "name", f"scenario name {s.name!r} is also used by {names[s.name]}"
-                                                              " (baseline files are named after it)")
-            names[s.name] = f
-            entries[f.resolve()] = (s, impls.for_scenario(s))
-        run = MoePerfRun(config, entries, device, pinned)
-    except (scenario.ScenarioError, impls.ImplError) as e:
-        raise pytest.UsageError(str(e)) from None
+    run = MoePerfRun.load(config, paths, device, pinned)
     config.stash[RUN_KEY] = run
     config.pluginmanager.register(run, "moeperf-run")
+    files = [str(s.path) for s, _ in run.entries.values()]
     if config.args_source != pytest.Config.ArgsSource.ARGS:
-        config.args[:] = [str(f) for f in files]
+        config.args[:] = files
     else:
-        config.args.extend(str(f) for f in files)
+        config.args.extend(files)
 
 
 def _check_worker_gpu(config) -> str | None:
@@ -91,8 +73,6 @@ def _check_worker_gpu(config) -> str | None:
     target = os.environ.get("CUDA_VISIBLE_DEVICES")
     if not expected or target not in expected:
         return None
-    import torch
-
     actual = str(torch.cuda.get_device_properties(0).uuid) if torch.cuda.is_available() else None
     if actual != expected[target]:
         raise pytest.UsageError(f"xdist worker {config.workerinput['workerid']} was given GPU {target} (uuid "

@@ -54,6 +54,27 @@ class MoePerfRun:
         self.written: list[tuple[Path, int]] = []
         self.skipped: dict[str, int] = {}  # "correctness" / "timing" -> tests skipped
 
+    @classmethod
+    def load(cls, config, paths, device: str, pinned_gpu: str | None) -> "MoePerfRun":
+        """Read and check every scenario and implementation up front; any problem is one usage error."""
+        from pytest_moeperf import impls, plots, scenario
+
+        entries, names = {}, {}
+        try:
+            for f in scenario.expand_paths(paths):
+                s = scenario.load(f)
+                if s.name in names:
+                    raise scenario.ScenarioError(f, None, "name", f"scenario name {s.name!r} is also used by "
+                                                                  f"{names[s.name]} (baseline files are named after it)")
+                names[s.name] = f
+                entries[f.resolve()] = (s, impls.for_scenario(s))
+        except (scenario.ScenarioError, impls.ImplError) as e:
+            raise pytest.UsageError(str(e)) from None
+        run = cls(config, entries, device, pinned_gpu)
+        if run.plot_dir and not plots.available():
+            raise pytest.UsageError(plots.INSTALL_HINT)
+        return run
+
     # --- baselines -------------------------------------------------------------------------------------------
     def baseline_path(self, scenario) -> Path:
         return baselines.path_for(self.baselines_root, self.gpu_slug, scenario.name)

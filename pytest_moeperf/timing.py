@@ -1,18 +1,15 @@
 """CUDA-graph timing (SPEC section 3) and the device-copy ceiling it is compared with."""
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-import fcntl
 import statistics
-import tempfile
 import time
 from collections.abc import Callable
-from pathlib import Path
 
 import torch
 
 from pytest_moeperf import env
+from pytest_moeperf.locks import machine_lock
 from pytest_moeperf.scenario import Timing
 
 
@@ -146,13 +143,6 @@ class CudaTimer:
         return env.snapshot()
 
     @staticmethod
-    @contextlib.contextmanager
     def lock():
         """One timing at a time per physical GPU, even when more xdist workers than GPUs share one."""
-        path = Path(tempfile.gettempdir()) / f"pytest-moeperf-gpu-{CudaTimer.gpu_uuid()}.lock"
-        with open(path, "w") as fh:
-            fcntl.flock(fh, fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(fh, fcntl.LOCK_UN)
+        return machine_lock(f"gpu-{CudaTimer.gpu_uuid()}")

@@ -1,6 +1,5 @@
 """moe_align_block_size against the reference (SPEC 1.1)."""
 import pytest
-import torch
 
 import kernels
 from pytest_moeperf import compare, reference
