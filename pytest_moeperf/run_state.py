@@ -38,8 +38,9 @@ class MoePerfRun:
         self.gate_eager = opt("moeperf_gate_eager") or _ini_bool(config, "moeperf_gate_eager")
         self.threshold_override = opt("moeperf_threshold") or _ini_float(config, "moeperf_threshold")
         floor = opt("moeperf_noise_floor_us")
-        self.noise_floor_us = floor if floor is not None else (_ini_float(config, "moeperf_noise_floor_us") or
-                                                               DEFAULT_NOISE_FLOOR_US)
+        if floor is None:
+            floor = _ini_float(config, "moeperf_noise_floor_us")
+        self.noise_floor_us = DEFAULT_NOISE_FLOOR_US if floor is None else floor
         self.cpu_max_batch = opt("moeperf_cpu_max_batch") or int(config.getini("moeperf_cpu_max_batch") or 64)
         root = opt("moeperf_baselines") or config.getini("moeperf_baselines") or "baselines"
         self.baselines_root = Path(root) if Path(root).is_absolute() else Path(config.rootpath) / root
