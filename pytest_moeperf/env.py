@@ -1,6 +1,7 @@
 """The GPU and software a measurement was taken on (recorded, never changed)."""
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import subprocess
@@ -59,8 +60,6 @@ def snapshot(device=None) -> dict:
 
 def _physical_index(index: int) -> int:
     """nvidia-smi numbers GPUs physically; map through CUDA_VISIBLE_DEVICES when it lists plain indices."""
-    import os
-
     visible = os.environ.get("CUDA_VISIBLE_DEVICES", "")
     parts = [v for v in visible.split(",") if v.strip()]
     if parts and all(v.strip().isdigit() for v in parts) and index < len(parts):

@@ -92,16 +92,21 @@ class CustomizedContract(Impl):
         rows = _poison_unowned(permuted.to(p.out_dtype), inv[_local_mask(p)])
         return rows, inv, offsets
 
+    def _unpermute_call(self, p: Problem, rows, inv, offsets):
+        out = torch.empty(p.M, p.H, dtype=p.out_dtype, device=p.hidden.device)
+        return lambda: self.fns["unpermute"](out, rows, p.topk_weights, inv, offsets)
+
     def prepare(self, op, p):
         if op == "permute":
             return self._permute_call(p)
         if op == "unpermute":
-            rows, inv, offsets = self._unpermute_inputs(p)
-            out = torch.empty(p.M, p.H, dtype=p.out_dtype, device=p.hidden.device)
-            return lambda: self.fns["unpermute"](out, rows, p.topk_weights, inv, offsets)
+            return self._unpermute_call(p, *self._unpermute_inputs(p))
         return lambda: self.fns["align"](p.topk_ids, p.block_size, p.E, p.expert_map)
 
     def check(self, op, p):
+        if op == "unpermute":
+            self._check_unpermute(p)
+            return
         got = self.prepare(op, p)()
         if op == "permute":
             want = reference.moe_permute(p.hidden, p.scale, p.topk_ids, p.E, p.n_local, p.expert_map, p.align)
@@ -110,18 +115,18 @@ class CustomizedContract(Impl):
         elif op == "align":
             want = reference.moe_align_block_size(p.topk_ids, p.block_size, p.E, p.expert_map)
             compare.assert_align_matches(got, want, p.topk_ids, p.block_size, p.E, any_order=self.align_any_order)
-        else:
-            rows, inv, offsets = self._unpermute_inputs(p)
-            want = torch.empty(p.M, p.H, dtype=p.out_dtype, device=p.hidden.device)
-            reference.moe_unpermute(want, rows, p.topk_weights, inv, offsets)
-            compare.assert_close("unpermute", got, want)
-            # End to end with this implementation's own permute where it has one.
-            permute = self.fns["permute"] or reference.moe_permute
-            permuted, _, offsets, inv, _ = permute(p.hidden, p.scale, p.topk_ids, p.E, p.n_local, p.expert_map,
-                                                   p.align)
-            out = torch.empty(p.M, p.H, dtype=p.out_dtype, device=p.hidden.device)
-            self.fns["unpermute"](out, permuted.to(p.out_dtype), p.topk_weights, inv, offsets)
-            compare.assert_close("permute -> identity expert -> unpermute", out, _expected_round_trip(p))
+
+    def _check_unpermute(self, p: Problem) -> None:
+        rows, inv, offsets = self._unpermute_inputs(p)
+        got = self._unpermute_call(p, rows, inv, offsets)()
+        want = torch.empty(p.M, p.H, dtype=p.out_dtype, device=p.hidden.device)
+        reference.moe_unpermute(want, rows, p.topk_weights, inv, offsets)
+        compare.assert_close("unpermute", got, want)
+        # End to end with this implementation's own permute where it has one.
+        permute = self.fns["permute"] or reference.moe_permute
+        permuted, _, offsets, inv, _ = permute(p.hidden, p.scale, p.topk_ids, p.E, p.n_local, p.expert_map, p.align)
+        out = self._unpermute_call(p, permuted.to(p.out_dtype), inv, offsets)()
+        compare.assert_close("permute -> identity expert -> unpermute", out, _expected_round_trip(p))
 
 
 class StandardContract(Impl):
@@ -139,14 +144,11 @@ class StandardContract(Impl):
         rows = permuted.to(p.out_dtype)
         return torch.where((expert_per_row >= 0)[:, None], rows, torch.zeros_like(rows))
 
-    def prepare(self, op, p):
-        if op == "permute":
-            return lambda: self.permute(p.hidden, p.scale, p.topk_ids, p.E, p.expert_map, p.block_size)
-        if op == "align":
-            return lambda: self.align(p.topk_ids, p.block_size, p.E, p.expert_map)
-        permuted, _, _, per_row, inv = reference._moe_permute(p.hidden, p.scale, p.topk_ids, p.E, p.expert_map,
-                                                              p.block_size)
-        rows = self._expert_rows(permuted, per_row, p)
+    def _unpermute_inputs(self, p: Problem, permute):
+        permuted, _, _, per_row, inv = permute(p.hidden, p.scale, p.topk_ids, p.E, p.expert_map, p.block_size)
+        return self._expert_rows(permuted, per_row, p), inv
+
+    def _reduce_call(self, p: Problem, rows, inv):
         out = torch.empty(p.M, p.H, dtype=p.out_dtype, device=p.hidden.device)
 
         def call():
@@ -154,7 +156,17 @@ class StandardContract(Impl):
             return out
         return call
 
+    def prepare(self, op, p):
+        if op == "permute":
+            return lambda: self.permute(p.hidden, p.scale, p.topk_ids, p.E, p.expert_map, p.block_size)
+        if op == "align":
+            return lambda: self.align(p.topk_ids, p.block_size, p.E, p.expert_map)
+        return self._reduce_call(p, *self._unpermute_inputs(p, reference._moe_permute))
+
     def check(self, op, p):
+        if op == "unpermute":
+            self._check_unpermute(p)
+            return
         got = self.prepare(op, p)()
         if op == "permute":
             want = reference._moe_permute(p.hidden, p.scale, p.topk_ids, p.E, p.expert_map, p.block_size)
@@ -166,18 +178,15 @@ class StandardContract(Impl):
         elif op == "align":
             want = reference.moe_align_block_size(p.topk_ids, p.block_size, p.E, p.expert_map)
             compare.assert_align_matches(got, want, p.topk_ids, p.block_size, p.E)
-        else:
-            permuted, _, _, per_row, inv = reference._moe_permute(p.hidden, p.scale, p.topk_ids, p.E, p.expert_map,
-                                                                  p.block_size)
-            want = torch.empty(p.M, p.H, dtype=p.out_dtype, device=p.hidden.device)
-            reference._moe_unpermute_and_reduce(want, self._expert_rows(permuted, per_row, p), inv, p.topk_weights,
-                                                False)
-            compare.assert_close("unpermute", got, want)
-            permuted, _, _, per_row, inv = self.permute(p.hidden, p.scale, p.topk_ids, p.E, p.expert_map,
-                                                        p.block_size)
-            out = torch.empty(p.M, p.H, dtype=p.out_dtype, device=p.hidden.device)
-            self.reduce(out, self._expert_rows(permuted, per_row, p), inv, p.topk_weights, False)
-            compare.assert_close("permute -> identity expert -> unpermute", out, _expected_round_trip(p))
+
+    def _check_unpermute(self, p: Problem) -> None:
+        rows, inv = self._unpermute_inputs(p, reference._moe_permute)
+        got = self._reduce_call(p, rows, inv)()
+        want = torch.empty(p.M, p.H, dtype=p.out_dtype, device=p.hidden.device)
+        reference._moe_unpermute_and_reduce(want, rows, inv, p.topk_weights, False)
+        compare.assert_close("unpermute", got, want)
+        out = self._reduce_call(p, *self._unpermute_inputs(p, self.permute))()
+        compare.assert_close("permute -> identity expert -> unpermute", out, _expected_round_trip(p))
 
 
 def _user_impl(spec: ImplSpec) -> Impl:

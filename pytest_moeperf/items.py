@@ -101,8 +101,9 @@ class TimingItem(_Item):
         result = {
             "scenario": self.scenario.name, "file": str(self.scenario.path), "key": self.key, "nodeid": self.nodeid,
             "op": self.op, "impl": self.impl.name, "dtype": self.dtype, "M": self.M, "gpu": run.gpu_slug,
-            "gpu_uuid": timer.gpu_uuid(), "worker_gpu": run.pinned_gpu, "median_us": m.median, "iqr_us": m.iqr, "min_us": m.min,
-            "samples_us": m.samples_us, "samples_kept": len(m.samples_us), "mode": m.mode, "note": m.note,
+            "gpu_uuid": timer.gpu_uuid(), "worker_gpu": run.pinned_gpu, "median_us": m.median, "iqr_us": m.iqr,
+            "min_us": m.min, "samples_us": m.samples_us, "samples_kept": len(m.samples_us), "mode": m.mode,
+            "note": m.note,
             "invocations": m.invocations, "input_sets": m.input_sets, "l2": self.scenario.timing.l2,
             "routing": self.scenario.routing.label(), "bytes": payload, "extra_bytes": extra, "gbps": gbps,
             "ceiling_gbps": ceiling, "ceiling_pct": 100 * gbps / ceiling, "threshold": threshold,

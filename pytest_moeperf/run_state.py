@@ -65,8 +65,9 @@ class MoePerfRun:
             for f in scenario.expand_paths(paths):
                 s = scenario.load(f)
                 if s.name in names:
-                    raise scenario.ScenarioError(f, None, "name", f"scenario name {s.name!r} is also used by "
-                                                                  f"{names[s.name]} (baseline files are named after it)")
+                    raise scenario.ScenarioError(
+                        f, None, "name",
+                        f"scenario name {s.name!r} is also used by {names[s.name]} (baseline files are named after it)")
                 names[s.name] = f
                 entries[f.resolve()] = (s, impls.for_scenario(s))
         except (scenario.ScenarioError, impls.ImplError) as e:
