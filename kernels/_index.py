@@ -1,16 +1,20 @@
-"""Triton kernels that build the route -> row index without a sort.
+"""Triton kernels that place every route in its expert's region without a sort.
 
-Every route r gets a bucket (its expert, or the extra bucket NB for dropped routes). The index is built in three
-steps that both moe_align_block_size and moe_permute share:
+Every route r gets a bucket (its expert, or the extra bucket NB for dropped routes). Its row is the first row of its
+bucket (bucket sizes rounded up to ROUND, prefix-summed; buckets >= NB start at V, the number of valid rows) plus
+the routes of that bucket before r. Rows inside a bucket are therefore in ascending route order, and the result is
+deterministic. Two ways to get there:
 
-1. count_kernel, one program per chunk of CHUNK routes: the chunk's histogram of buckets and each route's stable
-   rank among the earlier routes of its chunk with the same bucket;
-2. scan_kernel, one program: bucket totals, sizes rounded up to ROUND, bucket start rows, and for every chunk the
-   row where its first route of each bucket lands (start + routes of that bucket in earlier chunks); it also writes
-   the slots no route will own (padding inside a region and the tail);
-3. a place kernel (align_place_kernel here, or the row mover in _rows.py): row = base[chunk, bucket] + rank.
+- small batches (align_index_kernel, and permute_fused_kernel in _rows.py): a program that owns the routes [lo, hi)
+  counts the buckets of ALL routes and of those before lo (bucket_counts: the topk ids are a few kilobytes, in L2
+  after the first program reads them), then ranks its own routes (place_routes). No other launch, no communication
+  between programs; the redundant counting grows with R times the grid, so this is for R <= small_batch_routes().
+- large batches (count_kernel): each program ranks one chunk's routes among themselves and writes the chunk's
+  histogram; the last program to finish (a ticket counter) turns the histograms into per-chunk base rows. A route's
+  row is then base[chunk, bucket] + its rank (place_chunk_routes).
 
-Rows inside a bucket are therefore in ascending route order, and the result is deterministic.
+The slots no route owns: each bucket's padding is written by the route that ends the bucket (write_padding), the
+tail [V, P) by fill_tail, spread over the programs.
 """
 import triton
 import triton.language as tl
@@ -34,94 +38,203 @@ def route_bucket(topk_ptr, map_ptr, r, valid, E, NB, HAS_MAP: tl.constexpr):
 
 
 @triton.jit
-def route_row(base_ptr, rank_ptr, r, valid, bucket, W: tl.constexpr, CHUNK: tl.constexpr):
-    """Row of each route once scan_kernel has written the per-chunk bases."""
-    base = tl.load(base_ptr + (r // CHUNK) * W + bucket, mask=valid, other=0)
-    return base + tl.load(rank_ptr + r, mask=valid, other=0)
+def bucket_counts(topk_ptr, map_ptr, R, E, NB, lo, HAS_MAP: tl.constexpr, W: tl.constexpr, CH: tl.constexpr):
+    """(routes of each bucket among all R routes, among the routes r < lo)."""
+    lo = tl.minimum(lo, R)
+    before = tl.zeros([W], dtype=tl.int32)
+    for c0 in range(0, lo, CH):
+        r = c0 + tl.arange(0, CH)
+        m = r < lo
+        before = before + tl.histogram(route_bucket(topk_ptr, map_ptr, r, m, E, NB, HAS_MAP), W, mask=m)
+    total = before + 0
+    for c0 in range(lo, R, CH):
+        r = c0 + tl.arange(0, CH)
+        m = r < R
+        total = total + tl.histogram(route_bucket(topk_ptr, map_ptr, r, m, E, NB, HAS_MAP), W, mask=m)
+    return total, before
 
 
 @triton.jit
-def count_kernel(topk_ptr, map_ptr, hist_ptr, rank_ptr, R, E, NB,
-                 HAS_MAP: tl.constexpr, W: tl.constexpr, CHUNK: tl.constexpr):
-    c = tl.program_id(0)
-    i = tl.arange(0, CHUNK)
-    r = c * CHUNK + i
-    valid = r < R
-    bucket = route_bucket(topk_ptr, map_ptr, r, valid, E, NB, HAS_MAP)
-    earlier_same = (bucket[:, None] == bucket[None, :]) & (i[None, :] < i[:, None])
-    rank = tl.sum(earlier_same.to(tl.int32), axis=1)
-    tl.store(rank_ptr + r, rank, mask=valid)
-    hist = tl.histogram(bucket, W, mask=valid)
-    tl.store(hist_ptr + c * W + tl.arange(0, W), hist)
-
-
-@triton.jit
-def scan_kernel(hist_ptr, base_ptr, C, NB, ROUND, P,
-                unrouted_ptr, unrouted_value,
-                offsets_ptr, ntpp_ptr, expert_ids_ptr, num_blocks,
-                IS_ALIGN: tl.constexpr, W: tl.constexpr, BLOCK_C: tl.constexpr,
-                PAD_COLS: tl.constexpr, BLOCK_T: tl.constexpr):
+def bucket_starts(total, NB, ROUND, W: tl.constexpr):
+    """(first row of each bucket, its size rounded up to ROUND, V = rows of the real buckets)."""
     b = tl.arange(0, W)
     real = b < NB
-    totals = tl.zeros([W], dtype=tl.int32)
-    for c0 in range(0, C, BLOCK_C):
-        cc = c0 + tl.arange(0, BLOCK_C)
-        h = tl.load(hist_ptr + cc[:, None] * W + b[None, :], mask=cc[:, None] < C, other=0)
-        totals += tl.sum(h, axis=0)
-    sizes = tl.where(real, (totals + ROUND - 1) // ROUND * ROUND, 0)
+    sizes = tl.where(real, (total + ROUND - 1) // ROUND * ROUND, 0)
     ends = tl.cumsum(sizes, axis=0)
     V = tl.sum(sizes, axis=0)
-    starts = tl.where(real, ends - sizes, V)  # dropped routes take the rows from V on
-
-    run = starts
-    for c0 in range(0, C, BLOCK_C):
-        cc = c0 + tl.arange(0, BLOCK_C)
-        m = cc[:, None] < C
-        h = tl.load(hist_ptr + cc[:, None] * W + b[None, :], mask=m, other=0)
-        tl.store(base_ptr + cc[:, None] * W + b[None, :], run[None, :] + tl.cumsum(h, axis=0) - h, mask=m)
-        run += tl.sum(h, axis=0)
-
-    # Slots no route owns: the padding at the end of each bucket's region (the sentinel for align, the region's
-    # expert for permute's m_indices), then the tail [V, P) (unrouted_value).
-    pad = tl.where(real, sizes - totals, 0)
-    first_pad = starts + totals
-    if IS_ALIGN:
-        pad_value = tl.zeros([W], tl.int32) + unrouted_value
-    else:
-        pad_value = b
-    for j0 in range(0, ROUND, PAD_COLS):
-        j = j0 + tl.arange(0, PAD_COLS)
-        slots = first_pad[:, None] + j[None, :]
-        tl.store(unrouted_ptr + slots, tl.zeros([W, PAD_COLS], tl.int32) + pad_value[:, None],
-                 mask=j[None, :] < pad[:, None])
-    fill = tl.zeros([BLOCK_T], tl.int32) + unrouted_value
-    for t0 in range(V, P, BLOCK_T):
-        t = t0 + tl.arange(0, BLOCK_T)
-        tl.store(unrouted_ptr + t, fill, mask=t < P)
-
-    if IS_ALIGN:
-        tl.store(ntpp_ptr, V)
-        none = tl.zeros([BLOCK_T], tl.int32) - 1
-        for t0 in range(V // ROUND, num_blocks, BLOCK_T):
-            t = t0 + tl.arange(0, BLOCK_T)
-            tl.store(expert_ids_ptr + t, none, mask=t < num_blocks)
-    else:
-        tl.store(offsets_ptr + b, starts.to(tl.int64), mask=b <= NB)
+    return tl.where(real, ends - sizes, V), sizes, V
 
 
 @triton.jit
-def align_place_kernel(topk_ptr, map_ptr, rank_ptr, base_ptr, sorted_ptr, expert_ids_ptr, R, E, BLOCK_SIZE,
-                       HAS_MAP: tl.constexpr, W: tl.constexpr, CHUNK: tl.constexpr, BLOCK_R: tl.constexpr):
-    r = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
-    valid = r < R
-    bucket = route_bucket(topk_ptr, map_ptr, r, valid, E, E, False)
-    keep = valid & (bucket < E)
-    row = route_row(base_ptr, rank_ptr, r, keep, bucket, W, CHUNK)
+def place_routes(bucket, valid, run, W: tl.constexpr, SUB: tl.constexpr):
+    """Rows of one sub-block of consecutive routes, and `run` (the next free row of each bucket) moved past them."""
+    i = tl.arange(0, SUB)
+    earlier_same = (bucket[:, None] == bucket[None, :]) & (i[None, :] < i[:, None])
+    rank = tl.sum(earlier_same.to(tl.int32), axis=1)
+    row = tl.gather(run, bucket, 0) + rank
+    return row, run + tl.histogram(bucket, W, mask=valid)
+
+
+@triton.jit
+def write_padding(out_ptr, bucket, row, keep, end, pad, ROUND, value,
+                  PAD_IS_VALUE: tl.constexpr, PAD_COLS: tl.constexpr):
+    """The route in the last row of its bucket's routes (row == end - 1) writes the bucket's padding slots
+    [end, end + pad): `value` with PAD_IS_VALUE, else the bucket (the region's expert, for m_indices)."""
+    last = keep & (row == end - 1)
+    if PAD_IS_VALUE:
+        v = tl.zeros_like(bucket) + value
+    else:
+        v = bucket
+    for j0 in range(0, ROUND, PAD_COLS):
+        j = j0 + tl.arange(0, PAD_COLS)
+        tl.store(out_ptr + end[:, None] + j[None, :], v[:, None] + tl.zeros([1, PAD_COLS], dtype=tl.int32),
+                 mask=last[:, None] & (j[None, :] < pad[:, None]))
+
+
+@triton.jit
+def fill_tail(out_ptr, V, P, value, pid, nprog, BLOCK: tl.constexpr):
+    """out[V:P] = value, the slots past the last region, spread over the programs pid of nprog."""
+    fill = tl.zeros([BLOCK], dtype=tl.int32) + value
+    for t0 in range(V + pid * BLOCK, P, nprog * BLOCK):
+        t = t0 + tl.arange(0, BLOCK)
+        tl.store(out_ptr + t, fill, mask=t < P)
+
+
+@triton.jit
+def store_align_routes(sorted_ptr, expert_ids_ptr, map_ptr, r, bucket, row, keep, ROUND,
+                       MAP_EXPERT_IDS: tl.constexpr):
+    """moe_align_block_size's writes for placed routes: sorted_token_ids, and the expert of each block (each block
+    of an expert's region starts with one of its routes, which names it)."""
     tl.store(sorted_ptr + row, r, mask=keep)
-    # Each block of an expert's region starts with one of its routes: that route names the block's expert.
-    first = keep & (row % BLOCK_SIZE == 0)
-    if HAS_MAP:
+    first = keep & (row % ROUND == 0)
+    if MAP_EXPERT_IDS:
         expert = tl.load(map_ptr + bucket, mask=first, other=-1).to(tl.int32)
     else:
         expert = bucket
-    tl.store(expert_ids_ptr + row // BLOCK_SIZE, expert, mask=first)
+    tl.store(expert_ids_ptr + row // ROUND, expert, mask=first)
+
+
+@triton.jit
+def finish_align(expert_ids_ptr, ntpp_ptr, V, ROUND, num_blocks, pid, nprog, BLOCK: tl.constexpr):
+    """expert_ids past the last used block = -1; num_tokens_post_padded = V (program 0)."""
+    none = tl.zeros([BLOCK], dtype=tl.int32) - 1
+    for t0 in range(V // ROUND + pid * BLOCK, num_blocks, nprog * BLOCK):
+        t = t0 + tl.arange(0, BLOCK)
+        tl.store(expert_ids_ptr + t, none, mask=t < num_blocks)
+    if pid == 0:
+        tl.store(ntpp_ptr, V)
+
+
+@triton.jit
+def align_index_kernel(topk_ptr, map_ptr, sorted_ptr, expert_ids_ptr, ntpp_ptr, R, E, ROUND, P, num_blocks, SPAN,
+                       MAP_EXPERT_IDS: tl.constexpr, HAS_PAD: tl.constexpr, PAD_COLS: tl.constexpr,
+                       W: tl.constexpr, CH: tl.constexpr, SUB: tl.constexpr, FILL_BLOCK: tl.constexpr):
+    """moe_align_block_size of a small batch in one launch: program p places the routes [p*SPAN, (p+1)*SPAN)
+    (programs past R only help write the tail). The buckets are the global experts; expert_ids are mapped through
+    map_ptr with MAP_EXPERT_IDS (-1 for non-local experts), -1 past the last used block."""
+    pid = tl.program_id(0)
+    nprog = tl.num_programs(0)
+    lo = pid * SPAN
+    hi = tl.minimum(lo + SPAN, R)
+    total, before = bucket_counts(topk_ptr, map_ptr, R, E, E, lo, False, W, CH)
+    starts, sizes, V = bucket_starts(total, E, ROUND, W)
+    run = starts + before
+    for s0 in range(lo, hi, SUB):
+        r = s0 + tl.arange(0, SUB)
+        valid = r < hi
+        bucket = route_bucket(topk_ptr, map_ptr, r, valid, E, E, False)
+        row, run = place_routes(bucket, valid, run, W, SUB)
+        keep = valid & (bucket < E)
+        store_align_routes(sorted_ptr, expert_ids_ptr, map_ptr, r, bucket, row, keep, ROUND, MAP_EXPERT_IDS)
+        if HAS_PAD:
+            write_padding(sorted_ptr, bucket, row, keep, tl.gather(starts + total, bucket, 0),
+                          tl.gather(sizes - total, bucket, 0), ROUND, R, True, PAD_COLS)
+    fill_tail(sorted_ptr, V, P, R, pid, nprog, FILL_BLOCK)
+    finish_align(expert_ids_ptr, ntpp_ptr, V, ROUND, num_blocks, pid, nprog, FILL_BLOCK)
+
+
+@triton.jit
+def place_chunk_routes(topk_ptr, map_ptr, base_ptr, rank_ptr, r, valid, E, NB, CHUNK, MAP_BUCKETS: tl.constexpr,
+                       W: tl.constexpr):
+    """(bucket, row) of routes r once count_kernel has run: row = base[chunk of r, bucket] + rank of r in its
+    chunk."""
+    bucket = route_bucket(topk_ptr, map_ptr, r, valid, E, NB, MAP_BUCKETS)
+    base = tl.load(base_ptr + (r // CHUNK) * W + bucket, mask=valid, other=0)
+    return bucket, base + tl.load(rank_ptr + r, mask=valid, other=0)
+
+
+@triton.jit
+def table_padding(out_ptr, table_ptr, bucket, row, keep, ROUND, value, PAD_IS_VALUE: tl.constexpr,
+                  PAD_COLS: tl.constexpr, W: tl.constexpr):
+    """write_padding with each bucket's end and padding from the table count_kernel's last program wrote."""
+    end = tl.load(table_ptr + bucket, mask=keep, other=0)
+    pad = tl.load(table_ptr + W + bucket, mask=keep, other=0)
+    write_padding(out_ptr, bucket, row, keep, end, pad, ROUND, value, PAD_IS_VALUE, PAD_COLS)
+
+
+@triton.jit
+def align_place_kernel(topk_ptr, map_ptr, base_ptr, rank_ptr, table_ptr, sorted_ptr, expert_ids_ptr, R, E, ROUND,
+                       CHUNK, MAP_EXPERT_IDS: tl.constexpr, HAS_PAD: tl.constexpr, PAD_COLS: tl.constexpr,
+                       W: tl.constexpr, BLOCK: tl.constexpr):
+    """moe_align_block_size's routes after count_kernel (large batches), BLOCK routes per program."""
+    r = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    valid = r < R
+    bucket, row = place_chunk_routes(topk_ptr, map_ptr, base_ptr, rank_ptr, r, valid, E, E, CHUNK, False, W)
+    keep = valid & (bucket < E)
+    store_align_routes(sorted_ptr, expert_ids_ptr, map_ptr, r, bucket, row, keep, ROUND, MAP_EXPERT_IDS)
+    if HAS_PAD:
+        table_padding(sorted_ptr, table_ptr, bucket, row, keep, ROUND, R, True, PAD_COLS, W)
+
+
+@triton.jit
+def count_kernel(topk_ptr, map_ptr, hist_ptr, rank_ptr, base_ptr, table_ptr, ticket_ptr, slot_ptr, expert_ids_ptr,
+                 head_ptr, R, E, NB, ROUND, P, fill_value, num_blocks, CHUNK, IS_ALIGN: tl.constexpr,
+                 MAP_BUCKETS: tl.constexpr, MAP_EXPERT_IDS: tl.constexpr, HAS_PAD: tl.constexpr,
+                 PAD_COLS: tl.constexpr, W: tl.constexpr, SUB: tl.constexpr,
+                 BLOCK_C: tl.constexpr, FILL_BLOCK: tl.constexpr):
+    """The index of a large batch: program c ranks the routes of chunk c among themselves and writes the chunk's
+    histogram; the program that finishes last (a ticket counter, reset to 0 when it is done) turns the histograms
+    into per-chunk base rows and a table of each bucket's end and padding, and writes the tail and the offsets
+    (permute) or num_tokens_post_padded (IS_ALIGN). A second launch places the routes (place_chunk_routes):
+    moe_permute's copy kernel, or align_place_kernel. CHUNK is a multiple of SUB.
+
+    moe_align_block_size (IS_ALIGN): slot_ptr = sorted_token_ids (padding and tail R), expert_ids_ptr, head_ptr =
+    num_tokens_post_padded; the buckets are the global experts. moe_permute: slot_ptr = m_indices (fill_value in the
+    tail), head_ptr = expert_first_token_offset (int64, NB+1 entries), buckets mapped with MAP_BUCKETS.
+    """
+    c = tl.program_id(0)
+    C = tl.num_programs(0)
+    run = tl.zeros([W], dtype=tl.int32)
+    for s0 in range(0, CHUNK, SUB):
+        r = c * CHUNK + s0 + tl.arange(0, SUB)
+        valid = r < R
+        bucket = route_bucket(topk_ptr, map_ptr, r, valid, E, NB, MAP_BUCKETS)
+        rank, run = place_routes(bucket, valid, run, W, SUB)
+        tl.store(rank_ptr + r, rank, mask=valid)
+    b = tl.arange(0, W)
+    tl.store(hist_ptr + c * W + b, run)
+    tl.debug_barrier()  # every thread's stores are issued before the ticket is taken (release below)
+    ticket = tl.atomic_add(ticket_ptr, 1, sem="acq_rel")
+    if ticket == C - 1:
+        total = tl.zeros([W], dtype=tl.int32)
+        for c0 in range(0, C, BLOCK_C):
+            cc = c0 + tl.arange(0, BLOCK_C)
+            h = tl.load(hist_ptr + cc[:, None] * W + b[None, :], mask=cc[:, None] < C, other=0,
+                        cache_modifier=".cg")
+            total += tl.sum(h, axis=0)
+        starts, sizes, V = bucket_starts(total, NB, ROUND, W)
+        run = starts
+        for c0 in range(0, C, BLOCK_C):
+            cc = c0 + tl.arange(0, BLOCK_C)
+            m = cc[:, None] < C
+            h = tl.load(hist_ptr + cc[:, None] * W + b[None, :], mask=m, other=0, cache_modifier=".cg")
+            tl.store(base_ptr + cc[:, None] * W + b[None, :], run[None, :] + tl.cumsum(h, axis=0) - h, mask=m)
+            run += tl.sum(h, axis=0)
+        tl.store(table_ptr + b, starts + total)
+        tl.store(table_ptr + W + b, sizes - total)
+        fill_tail(slot_ptr, V, P, fill_value, 0, 1, FILL_BLOCK)
+        if IS_ALIGN:
+            finish_align(expert_ids_ptr, head_ptr, V, ROUND, num_blocks, 0, 1, FILL_BLOCK)
+        else:
+            tl.store(head_ptr + b, starts.to(tl.int64), mask=b <= NB)
+        tl.atomic_xchg(ticket_ptr, 0)

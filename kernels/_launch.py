@@ -5,6 +5,8 @@ imported; `INTERPRETED` records what actually happened.
 """
 from __future__ import annotations
 
+import functools
+
 import triton
 import torch
 
@@ -37,20 +39,91 @@ def hist_width(num_buckets: int) -> int:
     return next_pow2(num_buckets + 1)
 
 
-def chunk_size(width: int) -> int:
-    """Routes ranked by one program of the count kernel (its pairwise rank tile is chunk x chunk)."""
-    if INTERPRETED:
-        return 256
-    return 128 if width <= 256 else 64
+def sub_block(num_routes: int | None = None) -> int:
+    """Routes ranked together by place_routes (a sub_block x sub_block comparison); with num_routes, fewer when
+    that spreads a small batch over more programs."""
+    most = 32 if INTERPRETED else 128
+    if num_routes is None or INTERPRETED:
+        return most
+    return max(16, min(most, next_pow2(-(-num_routes // 128))))
 
 
-def row_block(row_elems: int) -> tuple[int, int]:
-    """(rows, columns) of one program of the row-moving kernels."""
+def count_block(num_routes: int) -> int:
+    """Routes histogrammed per step by bucket_counts."""
+    return max(16, min(next_pow2(num_routes), 64 if INTERPRETED else 1024))
+
+
+def most_chunks(width: int) -> int:
+    """At most this many chunks in count_kernel: its last program scans chunks x width histogram entries alone."""
+    return 8 if INTERPRETED else max(64, 32768 // width)
+
+
+def count_chunk(num_routes: int, width: int) -> int:
+    """Routes per program of count_kernel: one sub-block (sub_block) where that keeps the chunks few enough,
+    else as many sub-blocks as it takes."""
+    sub = sub_block()
+    return sub * max(1, -(-(-(-num_routes // most_chunks(width))) // sub))
+
+
+def pad_cols(round_to: int) -> int:
+    """Padding slots one route writes per step (write_padding)."""
+    return min(next_pow2(round_to), 64)
+
+
+def fill_block() -> int:
+    """Slots one program writes per step when it fills the unrouted slots."""
+    return 64 if INTERPRETED else 1024
+
+
+def small_batch_routes() -> int:
+    """Largest R whose index every program builds on its own (align_index_kernel, permute_fused_kernel): one launch.
+
+    Each of those programs counts all R routes, so the redundant work grows with R times the grid; above this
+    count_kernel ranks each chunk once and one program turns the chunk histograms into base rows.
+    """
+    return 64 if INTERPRETED else 1024
+
+
+@functools.lru_cache(maxsize=None)
+def _sm_count(device_index: int) -> int:
+    return torch.cuda.get_device_properties(device_index).multi_processor_count
+
+
+def _most_programs(device: torch.device) -> int:
+    if device.type != "cuda":
+        return 3
+    return _sm_count(device.index if device.index is not None else torch.cuda.current_device())
+
+
+def fill_programs(fill_slots: int, device: torch.device) -> int:
+    """Programs that share the writing of `fill_slots` tail slots (at most one per SM)."""
+    return max(1, min(_most_programs(device), -(-fill_slots // fill_block())))
+
+
+def index_programs(num_routes: int, fill_slots: int, device: torch.device) -> tuple[int, int]:
+    """(programs, routes per program) of align_index_kernel: up to one program per SM, each owning whole sub-blocks of
+    routes, and enough programs (some owning no routes) to share the writing of the tail."""
+    sub = sub_block(num_routes)
+    programs = max(1, min(_most_programs(device), -(-num_routes // sub)))
+    span = -(-(-(-num_routes // programs)) // sub) * sub
+    return max(programs, fill_programs(fill_slots, device)), span
+
+
+def row_block(row_elems: int, num_rows: int, elem_bytes: int) -> tuple[int, int]:
+    """(rows, columns) of one program of the row-moving kernels over num_rows rows: 8 KiB tiles, smaller for small
+    batches so that the grid still has programs enough to keep many SMs loading."""
     if INTERPRETED:
         cols = min(next_pow2(row_elems), 8192)
-        return max(1, 65536 // cols), cols
-    cols = min(next_pow2(row_elems), 2048)
-    return max(1, 4096 // cols), cols
+        return max(1, min(16, 65536 // cols)), cols
+    tile = 8192 // elem_bytes
+    cols = min(next_pow2(row_elems), tile // 2)
+    rows = max(1, tile // cols)
+    while cols > 256 and -(-num_rows // rows) * -(-row_elems // cols) < 128:
+        if rows > 1:
+            rows //= 2
+        else:
+            cols //= 2
+    return rows, cols
 
 
 def num_warps(tile_elems: int) -> int:

@@ -1,4 +1,4 @@
-"""Host side of the shared index build (see _index.py): buffer sizes and the count and scan launches."""
+"""Host side of the index build (see _index.py): which kernel builds the index of a batch, its buffers and grid."""
 from __future__ import annotations
 
 import torch
@@ -14,44 +14,89 @@ def round_up(a: int, b: int) -> int:
     return cdiv(a, b) * b
 
 
-class IndexShape:
-    """Sizes of the index buffers for R routes over NB buckets on a device kind."""
+def is_small(num_routes: int) -> bool:
+    """Small batches build their index in every program (one launch); large ones go through count_kernel."""
+    return num_routes <= _launch.small_batch_routes()
+
+
+class CountShape:
+    """count_kernel for R routes over NB buckets: its chunk size, and its buffers (per-chunk histograms and bases,
+    per-route ranks, each bucket's end and padding)."""
 
     def __init__(self, num_routes: int, num_buckets: int):
         self.R = num_routes
-        self.NB = num_buckets
         self.W = _launch.hist_width(num_buckets)
-        self.CHUNK = _launch.chunk_size(self.W)
-        self.C = cdiv(num_routes, self.CHUNK)
+        self.CHUNK = _launch.count_chunk(num_routes, self.W)
+        self.C = max(1, cdiv(num_routes, self.CHUNK))
 
-    def allocate(self, device) -> dict[str, torch.Tensor]:
+    @staticmethod
+    def allocate(max_routes: int, num_buckets: int, device) -> dict[str, torch.Tensor]:
+        """Buffers for any call of up to max_routes routes."""
+        W = _launch.hist_width(num_buckets)
+        chunks = max(1, min(_launch.most_chunks(W), cdiv(max_routes, _launch.sub_block())))
         return {
-            "hist": torch.empty((max(self.C, 1), self.W), dtype=torch.int32, device=device),
-            "base": torch.empty((max(self.C, 1), self.W), dtype=torch.int32, device=device),
-            "rank": torch.empty(max(self.R, 1), dtype=torch.int32, device=device),
+            "hist": torch.empty((chunks, W), dtype=torch.int32, device=device),
+            "base": torch.empty((chunks, W), dtype=torch.int32, device=device),
+            "rank": torch.empty(max(max_routes, 1), dtype=torch.int32, device=device),
+            "table": torch.empty((2, W), dtype=torch.int32, device=device),
         }
 
 
-def build_index(shape: IndexShape, buffers, topk_flat, expert_map, num_experts: int, round_to: int,
-                num_slots: int, unrouted: torch.Tensor, unrouted_value: int, *, offsets=None, ntpp=None,
-                expert_ids=None) -> None:
-    """Count and scan: after this, a route's row is base[chunk, bucket] + rank (see _index.route_row).
+_tickets: dict[torch.device, torch.Tensor] = {}
 
-    `unrouted` (num_slots int32 entries) gets `unrouted_value` in every slot no route owns. With `offsets` the scan
-    writes the bucket start rows (permute); with `ntpp` and `expert_ids` the align outputs.
-    """
-    is_align = offsets is None
-    hist, base, rank = buffers["hist"], buffers["base"], buffers["rank"]
-    if shape.R > 0:
-        _index.count_kernel[(shape.C,)](
-            topk_flat, topk_flat if expert_map is None else expert_map, hist, rank, shape.R, num_experts, shape.NB,
-            HAS_MAP=expert_map is not None, W=shape.W, CHUNK=shape.CHUNK,
-            num_warps=_launch.num_warps(shape.CHUNK * max(shape.CHUNK, shape.W) // 4))
-    dummy = rank
-    block_c = max(1, 4096 // shape.W)
-    _index.scan_kernel[(1,)](
-        hist, base, shape.C, shape.NB, round_to, num_slots, unrouted, unrouted_value,
-        dummy if is_align else offsets, ntpp if is_align else dummy, expert_ids if is_align else dummy,
-        expert_ids.numel() if is_align else 0,
-        IS_ALIGN=is_align, W=shape.W, BLOCK_C=block_c,
-        PAD_COLS=max(1, min(_launch.next_pow2(round_to), 4096 // shape.W)), BLOCK_T=1024, num_warps=8)
+
+def ticket_counter(device: torch.device) -> torch.Tensor:
+    """count_kernel's ticket counter for calls without a scratch: one zeroed int32 per device, which every launch
+    leaves at 0 again. Launches that share it must not overlap, so concurrent calls on two streams of one device
+    need a MoEPermuteScratch each (it has its own counter)."""
+    if device.type != "cuda":
+        return torch.zeros(1, dtype=torch.int32, device=device)
+    if device not in _tickets:
+        _tickets[device] = torch.zeros(1, dtype=torch.int32, device=device)
+    return _tickets[device]
+
+
+def index_args(num_buckets: int, round_to: int, has_map: bool, is_align: bool) -> dict:
+    """count_kernel's meta-parameters (the other index kernels take some of them)."""
+    return dict(IS_ALIGN=is_align, MAP_BUCKETS=has_map and not is_align, MAP_EXPERT_IDS=has_map and is_align,
+                HAS_PAD=round_to > 1, PAD_COLS=_launch.pad_cols(round_to), W=_launch.hist_width(num_buckets),
+                FILL_BLOCK=_launch.fill_block())
+
+
+def launch_index(topk_flat: torch.Tensor, expert_map: torch.Tensor | None, num_experts: int, num_buckets: int,
+                 round_to: int, slots: torch.Tensor, fill_value: int, head: torch.Tensor, *,
+                 expert_ids: torch.Tensor | None = None, count: dict | None = None):
+    """With `expert_ids`: moe_align_block_size, complete (slots = sorted_token_ids, head =
+    num_tokens_post_padded), in one launch for a small batch, else count_kernel and align_place_kernel.
+    Otherwise count_kernel for moe_permute of a large batch (slots = m_indices, head = the offsets);
+    permute_rows_kernel places the routes after it, from the returned (buffers, chunk size).
+    `count` holds count_kernel's buffers (CountShape.allocate, plus "ticket"); None allocates them here."""
+    is_align = expert_ids is not None
+    R = topk_flat.numel()
+    dummy = slots
+    map_or_ids = topk_flat if expert_map is None else expert_map
+    meta = index_args(num_buckets, round_to, expert_map is not None, is_align)
+    if is_align and is_small(R):
+        programs, span = _launch.index_programs(R, slots.numel(), topk_flat.device)
+        _index.align_index_kernel[(programs,)](
+            topk_flat, map_or_ids, slots, expert_ids, head, R, num_experts, round_to, slots.numel(),
+            expert_ids.numel(), span, MAP_EXPERT_IDS=meta["MAP_EXPERT_IDS"], HAS_PAD=meta["HAS_PAD"],
+            PAD_COLS=meta["PAD_COLS"], W=meta["W"], CH=_launch.count_block(R), SUB=_launch.sub_block(R),
+            FILL_BLOCK=meta["FILL_BLOCK"], num_warps=4)
+        return None, None
+    shape = CountShape(R, num_buckets)
+    if count is None:
+        count = CountShape.allocate(R, num_buckets, topk_flat.device)
+        count["ticket"] = ticket_counter(topk_flat.device)
+    _index.count_kernel[(shape.C,)](
+        topk_flat, map_or_ids, count["hist"], count["rank"], count["base"], count["table"], count["ticket"], slots,
+        expert_ids if is_align else dummy, head, R, num_experts, num_buckets, round_to, slots.numel(), fill_value,
+        expert_ids.numel() if is_align else 0, shape.CHUNK, SUB=_launch.sub_block(),
+        BLOCK_C=max(1, 4096 // shape.W), num_warps=4, **meta)
+    if is_align:
+        block = 64
+        _index.align_place_kernel[(cdiv(R, block),)](
+            topk_flat, map_or_ids, count["base"], count["rank"], count["table"], slots, expert_ids, R, num_experts,
+            round_to, shape.CHUNK, MAP_EXPERT_IDS=meta["MAP_EXPERT_IDS"], HAS_PAD=meta["HAS_PAD"],
+            PAD_COLS=meta["PAD_COLS"], W=shape.W, BLOCK=block, num_warps=4)
+    return count, shape.CHUNK

@@ -1,44 +1,120 @@
-"""Triton kernels that move hidden-state rows: the permute gather and the weighted unpermute reduction.
+"""Triton kernels that move hidden-state rows: the permute copy (fused with the index for small batches, after
+count_kernel for large ones) and the weighted unpermute reduction.
 
-Row addresses are computed in 64 bits, so R*H >= 2**31 does not overflow. The permute kernel moves raw bits
-(the caller passes integer views), so every dtype, float8 included, is copied exactly.
+The permute kernels are token-major: a program reads a tile of BLOCK_T tokens x BLOCK_H columns once and writes it
+to the rows of each of the tokens' k routes. Row addresses are computed in 64 bits, so R*H >= 2**31 does not
+overflow. They move raw bits (the caller passes integer views), so every dtype, float8 included, is copied exactly.
 """
 import triton
 import triton.language as tl
 
-from kernels._index import route_bucket, route_row
+from kernels._index import (bucket_counts, bucket_starts, fill_tail, place_chunk_routes, place_routes,
+                            route_bucket, table_padding, write_padding)
 
 
 @triton.jit
-def permute_rows_kernel(topk_ptr, map_ptr, rank_ptr, base_ptr, x_ptr, out_ptr, inv_ptr, m_idx_ptr,
-                        scale_ptr, out_scale_ptr, R, E, L, K, H, S,
-                        stride_x, stride_out, stride_s, stride_os,
-                        HAS_MAP: tl.constexpr, HAS_SCALE: tl.constexpr, W: tl.constexpr, CHUNK: tl.constexpr,
-                        BLOCK_R: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_S: tl.constexpr):
-    pid_h = tl.program_id(1)
-    r = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
-    valid = r < R
-    bucket = route_bucket(topk_ptr, map_ptr, r, valid, E, L, HAS_MAP)
-    row = route_row(base_ptr, rank_ptr, r, valid, bucket, W, CHUNK)
-    local = valid & (bucket < L)
-    token = (r // K).to(tl.int64)
+def load_tokens(x_ptr, scale_ptr, t0, M, H, S, pid_h, stride_x, stride_s,
+                HAS_SCALE: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_S: tl.constexpr):
+    """The tile of tokens [t0, t0+BLOCK_T) x columns of block pid_h, and their scales (program column 0 only)."""
+    t = t0 + tl.arange(0, BLOCK_T)
+    tm = t < M
+    cols = pid_h * BLOCK_H + tl.arange(0, BLOCK_H)
+    v = tl.load(x_ptr + t.to(tl.int64)[:, None] * stride_x + cols[None, :], mask=tm[:, None] & (cols[None, :] < H))
+    s = tl.arange(0, BLOCK_S)
+    sv = tl.zeros([BLOCK_T, BLOCK_S], dtype=scale_ptr.dtype.element_ty)
+    if HAS_SCALE:
+        if pid_h == 0:
+            sv = tl.load(scale_ptr + t.to(tl.int64)[:, None] * stride_s + s[None, :],
+                         mask=tm[:, None] & (s[None, :] < S))
+    return v, sv, tm
+
+
+@triton.jit
+def store_rows(out_ptr, out_scale_ptr, v, sv, row, ok, H, S, pid_h, stride_out, stride_os,
+               HAS_SCALE: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_S: tl.constexpr):
+    """Write the tile (and its scales, from program column 0) to rows `row` where `ok`."""
     row64 = row.to(tl.int64)
+    cols = pid_h * BLOCK_H + tl.arange(0, BLOCK_H)
+    tl.store(out_ptr + row64[:, None] * stride_out + cols[None, :], v, mask=ok[:, None] & (cols[None, :] < H))
+    if HAS_SCALE:
+        if pid_h == 0:
+            s = tl.arange(0, BLOCK_S)
+            tl.store(out_scale_ptr + row64[:, None] * stride_os + s[None, :], sv,
+                     mask=ok[:, None] & (s[None, :] < S))
+
+
+@triton.jit
+def permute_rows_kernel(topk_ptr, map_ptr, base_ptr, rank_ptr, table_ptr, x_ptr, out_ptr, inv_ptr, m_idx_ptr,
+                        scale_ptr, out_scale_ptr, M, E, L, ROUND, H, S, stride_x, stride_out, stride_s, stride_os,
+                        CHUNK, K: tl.constexpr, MAP_BUCKETS: tl.constexpr, HAS_SCALE: tl.constexpr,
+                        HAS_PAD: tl.constexpr, PAD_COLS: tl.constexpr, W: tl.constexpr, BLOCK_T: tl.constexpr,
+                        BLOCK_H: tl.constexpr, BLOCK_S: tl.constexpr):
+    """After count_kernel: each route's row from its chunk's base and its rank; program column 0 writes inv,
+    m_indices and the padding, every program copies its tile to the rows of its tokens' local routes."""
+    pid_h = tl.program_id(1)
+    t0 = tl.program_id(0) * BLOCK_T
+    v, sv, tm = load_tokens(x_ptr, scale_ptr, t0, M, H, S, pid_h, stride_x, stride_s,
+                            HAS_SCALE, BLOCK_T, BLOCK_H, BLOCK_S)
+    t = t0 + tl.arange(0, BLOCK_T)
+    for j in tl.static_range(K):
+        r = t * K + j
+        bucket, row = place_chunk_routes(topk_ptr, map_ptr, base_ptr, rank_ptr, r, tm, E, L, CHUNK, MAP_BUCKETS, W)
+        local = tm & (bucket < L)
+        if pid_h == 0:
+            tl.store(inv_ptr + r, row, mask=tm)
+            tl.store(m_idx_ptr + row, bucket, mask=local)
+            if HAS_PAD:
+                table_padding(m_idx_ptr, table_ptr, bucket, row, local, ROUND, 0, False, PAD_COLS, W)
+        store_rows(out_ptr, out_scale_ptr, v, sv, row, local, H, S, pid_h, stride_out, stride_os,
+                   HAS_SCALE, BLOCK_H, BLOCK_S)
+
+
+@triton.jit
+def permute_fused_kernel(topk_ptr, map_ptr, x_ptr, out_ptr, inv_ptr, m_idx_ptr, offsets_ptr, scale_ptr, out_scale_ptr,
+                         M, E, L, ROUND, P, fill_value, H, S, stride_x, stride_out, stride_s, stride_os,
+                         K: tl.constexpr, MAP_BUCKETS: tl.constexpr, HAS_SCALE: tl.constexpr,
+                         HAS_PAD: tl.constexpr, PAD_COLS: tl.constexpr, W: tl.constexpr, CH: tl.constexpr,
+                         SUB: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_S: tl.constexpr,
+                         FILL_BLOCK: tl.constexpr):
+    """moe_permute in one launch (small batches): every program builds the index of its own tokens' routes (see
+    _index.py), writes it from program column 0, and copies its tile; all programs share the tail, and programs
+    past the last token only do that."""
+    pid_t = tl.program_id(0)
+    pid_h = tl.program_id(1)
+    R = M * K
+    t0 = pid_t * BLOCK_T
+    lo = t0 * K
+    total, before = bucket_counts(topk_ptr, map_ptr, R, E, L, lo, MAP_BUCKETS, W, CH)
+    starts, sizes, V = bucket_starts(total, L, ROUND, W)
+    i = tl.arange(0, SUB)
+    r = lo + i
+    valid = (i < BLOCK_T * K) & (r < R)
+    bucket = route_bucket(topk_ptr, map_ptr, r, valid, E, L, MAP_BUCKETS)
+    row, _ = place_routes(bucket, valid, starts + before, W, SUB)
     if pid_h == 0:
+        local = valid & (bucket < L)
         tl.store(inv_ptr + r, row, mask=valid)
         tl.store(m_idx_ptr + row, bucket, mask=local)
-        if HAS_SCALE:
-            s = tl.arange(0, BLOCK_S)
-            sm = local[:, None] & (s[None, :] < S)
-            v = tl.load(scale_ptr + token[:, None] * stride_s + s[None, :], mask=sm)
-            tl.store(out_scale_ptr + row64[:, None] * stride_os + s[None, :], v, mask=sm)
-    cols = pid_h * BLOCK_H + tl.arange(0, BLOCK_H)
-    m = local[:, None] & (cols[None, :] < H)
-    v = tl.load(x_ptr + token[:, None] * stride_x + cols[None, :], mask=m)
-    tl.store(out_ptr + row64[:, None] * stride_out + cols[None, :], v, mask=m)
+        if HAS_PAD:
+            write_padding(m_idx_ptr, bucket, row, local, tl.gather(starts + total, bucket, 0),
+                          tl.gather(sizes - total, bucket, 0), ROUND, 0, False, PAD_COLS)
+    v, sv, tm = load_tokens(x_ptr, scale_ptr, t0, M, H, S, pid_h, stride_x, stride_s,
+                            HAS_SCALE, BLOCK_T, BLOCK_H, BLOCK_S)
+    tk = tl.arange(0, BLOCK_T) * K
+    for j in tl.static_range(K):
+        row_j = tl.gather(row, tk + j, 0)
+        store_rows(out_ptr, out_scale_ptr, v, sv, row_j, tm & (row_j < V), H, S, pid_h, stride_out, stride_os,
+                   HAS_SCALE, BLOCK_H, BLOCK_S)
+    nh = tl.num_programs(1)
+    fill_tail(m_idx_ptr, V, P, fill_value, pid_t * nh + pid_h, tl.num_programs(0) * nh, FILL_BLOCK)
+    if pid_t == 0:
+        if pid_h == 0:
+            b = tl.arange(0, W)
+            tl.store(offsets_ptr + b, starts.to(tl.int64), mask=b <= L)
 
 
 @triton.jit
-def unpermute_kernel(x_ptr, inv_ptr, w_ptr, out_ptr, limit_ptr, M, K, H, stride_x, stride_out,
+def unpermute_kernel(x_ptr, inv_ptr, w_ptr, out_ptr, limit_ptr, M, H, stride_x, stride_out, K: tl.constexpr,
                      HAS_W: tl.constexpr, HAS_LIMIT: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_H: tl.constexpr):
     """out[t] = sum_j w[t, j] * x[inv[t*K + j]] in fp32; rows >= *limit_ptr (dropped routes) add exactly 0."""
     t = tl.program_id(0) * BLOCK_T + tl.arange(0, BLOCK_T)
@@ -48,7 +124,7 @@ def unpermute_kernel(x_ptr, inv_ptr, w_ptr, out_ptr, limit_ptr, M, K, H, stride_
     if HAS_LIMIT:
         limit = tl.load(limit_ptr).to(tl.int32)
     acc = tl.zeros([BLOCK_T, BLOCK_H], dtype=tl.float32)
-    for j in range(0, K):
+    for j in tl.static_range(K):  # unrolled: the k row loads are in flight together
         route = t * K + j
         row = tl.load(inv_ptr + route, mask=tm, other=0)
         ok = tm

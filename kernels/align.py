@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import torch
 
-from kernels import _checks, _index, _launch
-from kernels._pipeline import IndexShape, build_index, cdiv, round_up
+from kernels import _checks, _launch
+from kernels._pipeline import cdiv, launch_index, round_up
 
 
 def max_padded_slots(num_routes: int, num_experts: int, block_size: int, pad_sorted_ids: bool) -> int:
@@ -25,7 +25,7 @@ def moe_align_block_size(topk_ids: torch.Tensor, block_size: int, num_experts: i
     Routes (r = token * topk + j) are grouped by ascending global expert id, in ascending r inside an expert; each
     expert's count is rounded up to block_size; unused slots hold R = topk_ids.numel(). expert_ids names each block's
     expert, mapped through expert_map when given (-1 for non-local experts), and -1 past the last used block.
-    Routes whose id is outside [0, num_experts) are left out (never used as an address).
+    Routes whose id is outside [0, num_experts) are left out (never used as an address). One launch.
     """
     _checks.check_topk_ids(topk_ids)
     _checks.check_positive_int(block_size, "block_size")
@@ -40,15 +40,6 @@ def moe_align_block_size(topk_ids: torch.Tensor, block_size: int, num_experts: i
     sorted_ids = torch.empty(slots, dtype=torch.int32, device=device)
     expert_ids = torch.empty(cdiv(slots, block_size), dtype=torch.int32, device=device)
     ntpp = torch.empty(1, dtype=torch.int32, device=device)
-    shape = IndexShape(R, num_experts)
-    buffers = shape.allocate(device)
-    topk_flat = topk_ids.reshape(-1)
-    build_index(shape, buffers, topk_flat, None, num_experts, block_size, slots, sorted_ids, R,
-                ntpp=ntpp, expert_ids=expert_ids)
-    if R > 0:
-        block_r = 1024
-        _index.align_place_kernel[(cdiv(R, block_r),)](
-            topk_flat, topk_flat if expert_map is None else expert_map, buffers["rank"], buffers["base"],
-            sorted_ids, expert_ids, R, num_experts, block_size,
-            HAS_MAP=expert_map is not None, W=shape.W, CHUNK=shape.CHUNK, BLOCK_R=block_r, num_warps=4)
+    launch_index(topk_ids.reshape(-1), expert_map, num_experts, num_experts, block_size, sorted_ids, R, ntpp,
+                 expert_ids=expert_ids)
     return sorted_ids, expert_ids, ntpp

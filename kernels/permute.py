@@ -5,7 +5,7 @@ import torch
 
 from kernels import _checks, _launch, _rows
 from kernels._bits import as_bits
-from kernels._pipeline import IndexShape, build_index, cdiv, round_up
+from kernels._pipeline import cdiv, is_small, launch_index, round_up
 from kernels.align import moe_align_block_size
 
 
@@ -32,9 +32,10 @@ def moe_permute(hidden_states: torch.Tensor, a1q_scale: torch.Tensor | None, top
     """Group each token's routes by local expert. Returns (permuted_hidden_states [P,H], a1q_scale,
     expert_first_token_offset int64 [L+1], inv_permuted_idx int32 [R], m_indices int32 [P]); see SPEC 1.3.
 
-    Three launches: per-chunk counts and stable ranks, one scan for the offsets, one pass that writes the index and
-    copies each local route's row once. Dropped routes (non-local, or ids outside [0, n_expert)) get rows >= V and
-    are not copied. With `scratch` (a MoEPermuteScratch) nothing is allocated and the outputs alias the scratch.
+    No sort (see _index.py). One launch while R = M*topk <= _launch.small_batch_routes(): each program builds the
+    index of its own tokens' routes and copies their rows. Two above: count_kernel, then a token-major copy that
+    places the routes. Dropped routes (non-local, or ids outside [0, n_expert)) get rows >= V and are not copied. With
+    `scratch` (a MoEPermuteScratch) nothing is allocated and the outputs alias the scratch.
     """
     M, H = _checks.check_hidden_states(hidden_states)
     _, k = _checks.check_topk_ids(topk_ids, M)
@@ -50,15 +51,13 @@ def moe_permute(hidden_states: torch.Tensor, a1q_scale: torch.Tensor | None, top
         hidden_states = hidden_states.contiguous()
     R = M * k
     P = permuted_rows(R, n_expert, A)
-    shape = IndexShape(R, L)
 
     if scratch is not None:
         scratch.validate(hidden_states, topk_ids)
-        out = scratch.outputs(shape, P, hidden_states, a1q_scale, S, n_expert, L)
+        out = scratch.outputs(R, P, hidden_states, a1q_scale, S, n_expert, L)
     else:
         device = hidden_states.device
-        out = shape.allocate(device)
-        out.update(
+        out = dict(
             inv=torch.empty(R, dtype=torch.int32, device=device),
             offsets=torch.empty(L + 1, dtype=torch.int64, device=device),
             m_indices=torch.empty(P, dtype=torch.int32, device=device),
@@ -71,23 +70,33 @@ def moe_permute(hidden_states: torch.Tensor, a1q_scale: torch.Tensor | None, top
         out["permuted"] = permuted_hidden_states
 
     topk_flat = topk_ids.reshape(-1)
-    build_index(shape, out, topk_flat, expert_map, n_expert, A or 1, P, out["m_indices"], fill_invalid_expert,
-                offsets=out["offsets"])
-    if R > 0:
-        x_bits, out_bits = as_bits(hidden_states), as_bits(out["permuted"])
-        block_r, block_h = _launch.row_block(H)
-        if S:
-            scale_src, scale_dst = as_bits(a1q_scale), as_bits(out["scale"])
-        else:
-            scale_src = scale_dst = out["inv"]
-        _rows.permute_rows_kernel[(cdiv(R, block_r), cdiv(H, block_h))](
-            topk_flat, topk_flat if expert_map is None else expert_map, out["rank"], out["base"],
-            x_bits, out_bits, out["inv"], out["m_indices"], scale_src, scale_dst,
-            R, n_expert, L, k, H, S, x_bits.stride(0), out_bits.stride(0),
-            scale_src.stride(0) if S else 0, scale_dst.stride(0) if S else 0,
-            HAS_MAP=expert_map is not None, HAS_SCALE=S > 0, W=shape.W, CHUNK=shape.CHUNK,
-            BLOCK_R=block_r, BLOCK_H=block_h, BLOCK_S=_launch.next_pow2(max(S, 1)),
-            num_warps=_launch.num_warps(block_r * block_h))
+    map_or_ids = topk_flat if expert_map is None else expert_map
+    x_bits, out_bits = as_bits(hidden_states), as_bits(out["permuted"])
+    scale_src, scale_dst = (as_bits(a1q_scale), as_bits(out["scale"])) if S else (out["inv"], out["inv"])
+    block_t, block_h = _launch.row_block(H, M, hidden_states.element_size())
+    grid_h = max(1, cdiv(H, block_h))
+    copy_args = (H, S, x_bits.stride(0), out_bits.stride(0), scale_src.stride(0) if S else 0,
+                 scale_dst.stride(0) if S else 0)
+    copy_meta = dict(HAS_SCALE=S > 0, BLOCK_T=block_t, BLOCK_H=block_h, BLOCK_S=_launch.next_pow2(max(S, 1)),
+                     num_warps=_launch.num_warps(block_t * block_h))
+    index_meta = dict(K=k, MAP_BUCKETS=expert_map is not None, HAS_PAD=(A or 1) > 1,
+                      PAD_COLS=_launch.pad_cols(A or 1), W=_launch.hist_width(L))
+    if is_small(R):
+        # Enough programs (past the last token's, some copy nothing) to share the tail.
+        fillers = cdiv(_launch.fill_programs(P, hidden_states.device), grid_h)
+        _rows.permute_fused_kernel[(max(cdiv(M, block_t), fillers), grid_h)](
+            topk_flat, map_or_ids, x_bits, out_bits, out["inv"], out["m_indices"], out["offsets"], scale_src,
+            scale_dst, M, n_expert, L, A or 1, P, fill_invalid_expert, *copy_args,
+            CH=_launch.count_block(R), SUB=_launch.next_pow2(block_t * k), FILL_BLOCK=_launch.fill_block(),
+            **index_meta, **copy_meta)
+    else:
+        count, chunk = launch_index(topk_flat, expert_map, n_expert, L, A or 1, out["m_indices"],
+                                    fill_invalid_expert, out["offsets"], count=out.get("count"))
+        if M > 0:
+            _rows.permute_rows_kernel[(cdiv(M, block_t), grid_h)](
+                topk_flat, map_or_ids, count["base"], count["rank"], count["table"], x_bits, out_bits, out["inv"],
+                out["m_indices"], scale_src, scale_dst, M, n_expert, L, A or 1, *copy_args, chunk,
+                **index_meta, **copy_meta)
     scale_out = out["scale"] if S else a1q_scale
     return out["permuted"], scale_out, out["offsets"], out["inv"], out["m_indices"]
 

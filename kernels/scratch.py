@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 
 from kernels import _checks, _launch
-from kernels._pipeline import IndexShape, cdiv
+from kernels._pipeline import CountShape, cdiv
 from kernels.permute import permuted_rows
 
 
@@ -47,10 +47,11 @@ class MoEPermuteScratch:
         self._buffers: dict[str, torch.Tensor] = {}
         if not self.supported:
             return
-        shape = IndexShape(self.capacity_routes, num_local_experts)
         dev = self.device
-        b = shape.allocate(dev)
-        b.update(
+        count = CountShape.allocate(self.capacity_routes, num_local_experts, dev)
+        b = dict(
+            count_hist=count["hist"], count_base=count["base"], count_rank=count["rank"], count_table=count["table"],
+            ticket=torch.zeros(1, dtype=torch.int32, device=dev),
             inv=torch.empty(self.capacity_routes, dtype=torch.int32, device=dev),
             offsets=torch.empty(num_local_experts + 1, dtype=torch.int64, device=dev),
             m_indices=torch.empty(self.capacity_rows, dtype=torch.int32, device=dev),
@@ -94,7 +95,7 @@ class MoEPermuteScratch:
         if problems:
             raise ValueError("moe_permute call does not fit its MoEPermuteScratch: " + "; ".join(problems))
 
-    def outputs(self, shape: IndexShape, rows: int, hidden_states: torch.Tensor, a1q_scale, scale_cols: int,
+    def outputs(self, routes: int, rows: int, hidden_states: torch.Tensor, a1q_scale, scale_cols: int,
                 num_experts: int, num_local: int) -> dict:
         """Views of the buffers for one call (moe_permute calls this after validate)."""
         if num_experts != self.num_experts or num_local != self.num_local_experts:
@@ -109,8 +110,9 @@ class MoEPermuteScratch:
         b = self._buffers
         permuted = self._ensure("permuted", self.capacity_rows * H, hidden_states.dtype)
         out = {
-            "hist": b["hist"][:max(shape.C, 1)], "base": b["base"][:max(shape.C, 1)],
-            "rank": b["rank"][:max(shape.R, 1)], "inv": b["inv"][:shape.R], "offsets": b["offsets"],
+            "inv": b["inv"][:routes], "offsets": b["offsets"],
+            "count": {"hist": b["count_hist"], "base": b["count_base"], "rank": b["count_rank"],
+                      "table": b["count_table"], "ticket": b["ticket"]},
             "m_indices": b["m_indices"][:rows], "permuted": permuted[:rows * H].view(rows, H), "scale": None,
         }
         if scale_cols:

@@ -12,11 +12,11 @@ def _reduce(out, permuted, inv, weights, limit) -> None:
     k = inv.numel() // max(M, 1)
     if M == 0 or H == 0:
         return
-    block_t, block_h = _launch.row_block(H)
+    block_t, block_h = _launch.row_block(H, M, out.element_size())
     dummy = inv
     _rows.unpermute_kernel[(cdiv(M, block_t), cdiv(H, block_h))](
         permuted, inv, dummy if weights is None else weights, out, dummy if limit is None else limit,
-        M, k, H, permuted.stride(0), out.stride(0),
+        M, H, permuted.stride(0), out.stride(0), K=k,
         HAS_W=weights is not None, HAS_LIMIT=limit is not None, BLOCK_T=block_t, BLOCK_H=block_h,
         num_warps=_launch.num_warps(block_t * block_h))
 

@@ -16,7 +16,7 @@ CASES = [  # (case, block_size, pad_sorted_ids)
     (Case(128, 6, 60, 1, routing="hot", ep=(2, 1)), 128, False),
     (Case(64, 2, 8, 1, routing="one_expert"), 16, True),
     (Case(40, 4, 16, 1, routing="invalid"), 16, True),
-    (Case(300, 8, 256, 1, routing="sparse"), 16, True),  # several count chunks
+    (Case(300, 8, 256, 1, routing="sparse"), 16, True),  # count_kernel with many chunks
     (Case(50, 3, 7, 1), 5, False),  # block size not a power of two
 ]
 

@@ -3,6 +3,7 @@ import pytest
 import torch
 
 import kernels
+from kernels import _launch
 from pytest_moeperf import compare, reference
 from tests.cases import Case, make_inputs
 
@@ -52,6 +53,20 @@ def test_moe_permute_matches_reference(case, device):
     compare.assert_equal("permuted rows, second run", again[0][owned], got[0][owned])
     for name, a, b in zip(("offsets", "inv", "m_indices"), again[2:], got[2:]):
         compare.assert_equal(f"{name}, second run", a, b)
+
+
+@pytest.mark.parametrize("path", ["one-launch", "count-kernel"])
+@pytest.mark.parametrize("case", CASES[1:12:2], ids=lambda c: c.id)
+def test_both_index_paths_match_reference(case, path, device, monkeypatch):
+    """Batch size picks how the index is built (_pipeline.is_small); force each way on the same inputs."""
+    monkeypatch.setattr(_launch, "small_batch_routes", lambda: 1 << 30 if path == "one-launch" else 0)
+    hidden, scale, ids, _, emap = make_inputs(case, device, salt=path)
+    want = reference.moe_permute(hidden, scale, ids, case.E, case.n_local, emap, case.align, case.fill)
+    compare.assert_permute_matches(run_permute(case, hidden, scale, ids, emap), want, hidden, scale, ids,
+                                   reference.local_expert_of_routes(ids, case.E, emap))
+    block = case.align or 16
+    compare.assert_align_matches(kernels.moe_align_block_size(ids, block, case.E, emap),
+                                 reference.moe_align_block_size(ids, block, case.E, emap), ids, block, case.E)
 
 
 @pytest.mark.parametrize("case", CASES, ids=lambda c: c.id)

@@ -1,0 +1,110 @@
+"""Kernel speed report: every implementation of every op of some scenarios, timed by the plugin's own CUDA-graph
+timer with warm and cold L2, with kernel launches per call counted by the PyTorch profiler.
+
+    python benchmarks/kernel_speed.py [scenarios/mixtral.yaml scenarios/deepseek-v3.yaml] [--batch-sizes 1,64,4096]
+        [--l2 warm,cold] [--impls customized,customized_scratch,standard,torch] [--ops ...] [--dtypes ...]
+        [--markdown F] [--json F]
+
+GPU only. Per row: median us, GB/s (SPEC 3 payload bytes over the median), % of the device-copy ceiling measured in
+the same process, launches per call (kernels, memsets and copies the profiler saw during one eager call) and
+their summed duration ("kernel us": the median minus it is launch overhead and gaps).
+Correctness is checked against the torch reference before a row is timed; a failing row is reported, not timed.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import datetime
+import json
+import sys
+from pathlib import Path
+
+import torch
+import triton
+from tabulate import tabulate
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from pytest_moeperf import impls, problem, scenario, timing  # noqa: E402
+
+DEFAULT_SCENARIOS = ("scenarios/mixtral.yaml", "scenarios/deepseek-v3.yaml")
+DEFAULT_BATCHES = (1, 8, 64, 256, 1024, 4096, 16384)
+DEFAULT_IMPLS = ("customized", "customized_scratch", "standard", "torch")
+HEADERS = ["scenario", "dtype", "op", "impl", "M", "L2", "median us", "IQR us", "GB/s", "% ceiling", "launches",
+           "kernel us", "mode"]
+
+
+def profile_call(call) -> tuple[int, float]:
+    """(GPU activities: kernels, memsets and copies, their summed duration in us) of one eager call, as the PyTorch
+    profiler records them. The duration leaves out launch gaps: compare it with the graph median to see them."""
+    call()
+    torch.cuda.synchronize()
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
+        call()
+        torch.cuda.synchronize()
+    events = [e for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA]
+    return len(events), sum(getattr(e, "device_time", None) or e.cuda_time for e in events)
+
+
+def bench_row(sc, impl, op, dtype, M, l2, ceiling, device) -> list:
+    first = problem.build(sc, dtype, M, device)
+    head = [sc.name, dtype, op, impl.name, M, l2]
+    try:
+        impl.check(op, first)
+    except AssertionError as e:
+        return head + ["", "", "", "", "", "", f"incorrect: {str(e).splitlines()[0][:60]}"]
+    payload, extra = problem.moved_bytes(op, first)
+    sets = 1 if l2 == "warm" else timing.input_sets_for_cold_l2(payload + extra, device)
+    calls = [impl.prepare(op, first)] + [impl.prepare(op, problem.build(sc, dtype, M, device, i))
+                                         for i in range(1, sets)]
+    for c in calls:
+        c()
+    m = timing.measure(calls, dataclasses.replace(sc.timing, l2=l2))
+    gbps = payload / m.median / 1e3
+    pct = "" if op == "align" else f"{100 * gbps / ceiling:.1f}"
+    launches, busy_us = profile_call(calls[0])
+    return head + [f"{m.median:.2f}", f"{m.iqr:.2f}", f"{gbps:.0f}", pct, launches, f"{busy_us:.2f}",
+                   m.mode + (f" x{sets} sets" if sets > 1 else "")]
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("scenarios", nargs="*", default=list(DEFAULT_SCENARIOS))
+    ap.add_argument("--batch-sizes", default=",".join(map(str, DEFAULT_BATCHES)))
+    ap.add_argument("--l2", default="warm,cold")
+    ap.add_argument("--impls", default=",".join(DEFAULT_IMPLS))
+    ap.add_argument("--ops", default="permute,unpermute,align")
+    ap.add_argument("--dtypes", help="only these dtype modes of the scenarios (default: all of each)")
+    ap.add_argument("--markdown", type=Path, help="also write the table as markdown here")
+    ap.add_argument("--json", type=Path, help="also write the rows as JSON here")
+    args = ap.parse_args(argv)
+    if not torch.cuda.is_available():
+        print("kernel_speed.py needs a CUDA GPU", file=sys.stderr)
+        return 2
+    device = torch.device("cuda", torch.cuda.current_device())
+    ceiling = timing.copy_ceiling_gbps(device)
+    batches = [int(b) for b in args.batch_sizes.split(",")]
+    wanted_ops = args.ops.split(",")
+    built = {name: impls.build(scenario.ImplSpec(name)) for name in args.impls.split(",")}
+    rows = []
+    for path in args.scenarios:
+        sc = scenario.load(path)
+        for dtype in [d for d in sc.dtypes if not args.dtypes or d in args.dtypes.split(",")]:
+            for op in [o for o in sc.ops if o in wanted_ops]:
+                for impl in [i for i in built.values() if op in i.ops]:
+                    for M in batches:
+                        for l2 in args.l2.split(","):
+                            rows.append(bench_row(sc, impl, op, sc.resolve_dtype(dtype), M, l2, ceiling, device))
+                            print(" | ".join(map(str, rows[-1])), flush=True)
+    title = (f"{datetime.date.today()}, {torch.cuda.get_device_name(device)}, torch {torch.__version__}, "
+             f"triton {triton.__version__}, copy ceiling {ceiling:.0f} GB/s")
+    print(title)
+    print(tabulate(rows, headers=HEADERS))
+    if args.markdown:
+        args.markdown.write_text(f"{title}\n\n{tabulate(rows, headers=HEADERS, tablefmt='github')}\n")
+    if args.json:
+        args.json.write_text(json.dumps({"title": title, "headers": HEADERS, "rows": rows}, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
