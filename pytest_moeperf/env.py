@@ -28,7 +28,7 @@ def _smi_query(index: int, fields) -> list[str] | None:
     return values if out.returncode == 0 and len(values) == len(fields) else None
 
 
-def _nvidia_smi(index: int) -> dict:
+def nvidia_smi(index: int) -> dict:
     """Clocks, temperature, power and throttle reasons as nvidia-smi reports them; fields it lacks are left out."""
     if shutil.which("nvidia-smi") is None:
         return {}
@@ -54,11 +54,11 @@ def snapshot(device=None) -> dict:
         env.update(device=props.name, sm_count=props.multi_processor_count,
                    memory_gib=round(props.total_memory / 2**30, 1), l2_mib=round(props.L2_cache_size / 2**20, 1),
                    capability=f"{props.major}.{props.minor}")
-        env.update(_nvidia_smi(_physical_index(index)))
+        env.update(nvidia_smi(physical_index(index)))
     return env
 
 
-def _physical_index(index: int) -> int:
+def physical_index(index: int) -> int:
     """nvidia-smi numbers GPUs physically; map through CUDA_VISIBLE_DEVICES when it lists plain indices."""
     visible = os.environ.get("CUDA_VISIBLE_DEVICES", "")
     parts = [v for v in visible.split(",") if v.strip()]

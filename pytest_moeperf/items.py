@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from pytest_moeperf import problem, verdict
+from pytest_moeperf import health, problem, verdict
 from pytest_moeperf.report import junit_properties
 from pytest_moeperf.run_state import RUN_KEY
 
@@ -90,13 +90,18 @@ class TimingItem(_Item):
         ceiling = timer.ceiling_gbps(first.hidden.device)
         threshold = run.threshold_override or self.scenario.threshold
         base = run.baseline_entry(self.scenario, self.key)
-        m, v, confirmed = self._measure_and_judge(timer, calls, base, threshold)
+        m, v, confirmed, injected = self._measure_and_judge(timer, calls, base, threshold, first.hidden.device)
 
-        outcome = v.kind
+        outcome, gpu_health = v.kind, None
         if run.update_baselines:
             outcome = f"{v.kind}, recorded"
         elif v.kind == "regression" and m.mode == "eager" and not run.gate_eager:
             outcome = "regression (eager: advisory)"
+        elif v.kind == "regression":
+            gpu_health = timer.health()
+            excuses = health.problems(gpu_health)
+            if excuses:
+                outcome = f"regression (not counted: {'; '.join(excuses)})"
         gbps = payload / m.median / 1e3
         result = {
             "scenario": self.scenario.name, "file": str(self.scenario.path), "key": self.key, "nodeid": self.nodeid,
@@ -107,7 +112,8 @@ class TimingItem(_Item):
             "invocations": m.invocations, "input_sets": m.input_sets, "l2": self.scenario.timing.l2,
             "routing": self.scenario.routing.label(), "bytes": payload, "extra_bytes": extra, "gbps": gbps,
             "ceiling_gbps": ceiling, "ceiling_pct": 100 * gbps / ceiling, "threshold": threshold,
-            "verdict": outcome, "verdict_detail": v.describe(), "confirmed": confirmed,
+            "verdict": outcome + (f" (injected +{injected['fraction']:.0%})" if injected else ""),
+            "verdict_detail": v.describe(), "confirmed": confirmed, "injected": injected, "health": gpu_health,
             "baseline_median_us": base and base["median_us"],
             "change_pct": None if v.ratio is None else 100 * (v.ratio - 1),
         }
@@ -117,20 +123,29 @@ class TimingItem(_Item):
         self.user_properties.append(("moeperf", json.dumps(result)))
         self.user_properties.extend(junit_properties(result))
         if outcome == "regression":
-            pytest.fail(f"{self.key}: slower than the {run.gpu_slug} baseline, confirmed by a second measurement: "
-                        f"{v.describe()}", pytrace=False)
+            what = f" (an injected slowdown of {injected['fraction']:.0%})" if injected else ""
+            pytest.fail(f"{self.key}: slower than the {run.gpu_slug} baseline{what}, confirmed by a second "
+                        f"measurement: {v.describe()}", pytrace=False)
         if outcome == "new" and run.strict:
             pytest.fail(f"{self.key}: no baseline for {run.gpu_slug} in {run.baseline_path(self.scenario)} "
                         f"(--moeperf-strict); record one with --update-baselines", pytrace=False)
 
-    def _measure_and_judge(self, timer, calls, base, threshold):
+    def _measure_and_judge(self, timer, calls, base, threshold, device):
         """Measure; when that says regression, measure again: only a confirmed regression stays one.
 
         A measurement to be recorded as a baseline is repeated (up to RECORD_TRIES times) while its spread exceeds
-        RECORD_MAX_SPREAD, and the tightest is kept: a disturbed run must not become the reference.
+        RECORD_MAX_SPREAD, and the tightest is kept: a disturbed run must not become the reference. With
+        --moeperf-inject-slowdown every call is first made slower by that fraction of the baseline median (of a
+        clean measurement where there is no baseline); the last value returned says what was added.
         """
         baseline_samples = base and base["samples_us"]
+        injected = None
         with timer.lock():
+            fraction = self.run_state.inject_slowdown
+            if fraction:
+                ref_us = base["median_us"] if base else timer.measure(calls, self.scenario.timing).median
+                calls, injected = timer.slow_down(calls, fraction * ref_us, device)
+                injected["fraction"] = fraction
             m = timer.measure(calls, self.scenario.timing)
             tries = 1
             while self.run_state.update_baselines and m.spread > RECORD_MAX_SPREAD and tries < RECORD_TRIES:
@@ -140,9 +155,9 @@ class TimingItem(_Item):
             floor = self.run_state.noise_floor_us
             v = verdict.judge(m.samples_us, baseline_samples, threshold, floor)
             if v.kind != "regression":
-                return m, v, None
+                return m, v, None, injected
             m2 = timer.measure(calls, self.scenario.timing)
             v2 = verdict.judge(m2.samples_us, baseline_samples, threshold, floor)
         if v2.kind == "regression":
-            return m, v, True
-        return m2, v2, False
+            return m, v, True, injected
+        return m2, v2, False, injected

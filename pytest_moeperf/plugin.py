@@ -37,6 +37,9 @@ def pytest_addoption(parser):
     group.addoption("--moeperf-noise-floor-us", type=float, default=None, metavar="US",
                     help="smallest slowdown in microseconds that can fail a timing test (default 0.5)")
     group.addoption("--moeperf-baselines", default=None, metavar="DIR", help="folder of baseline files")
+    group.addoption("--moeperf-inject-slowdown", type=float, default=None, metavar="FRACTION",
+                    help="PROVING THE GATE ONLY: make every timed call slower by this fraction of its baseline "
+                         "median (an extra device copy after each call); results are labelled 'injected'")
     group.addoption("--moeperf-json", default=None, metavar="PATH", help="write results and environment as JSON")
     group.addoption("--moeperf-markdown", default=None, metavar="PATH",
                     help="write a markdown summary (also appended to $GITHUB_STEP_SUMMARY when set)")

@@ -41,6 +41,13 @@ class MoePerfRun:
         if floor is None:
             floor = _ini_float(config, "moeperf_noise_floor_us")
         self.noise_floor_us = DEFAULT_NOISE_FLOOR_US if floor is None else floor
+        self.inject_slowdown = opt("moeperf_inject_slowdown")
+        if self.inject_slowdown is not None and not 0 < self.inject_slowdown <= 10:
+            raise pytest.UsageError(f"--moeperf-inject-slowdown must be a fraction in (0, 10], "
+                                    f"got {self.inject_slowdown}")
+        if self.inject_slowdown and self.update_baselines:
+            raise pytest.UsageError("--moeperf-inject-slowdown cannot be used with --update-baselines: an injected "
+                                    "slowdown must never become a baseline")
         self.cpu_max_batch = opt("moeperf_cpu_max_batch") or int(config.getini("moeperf_cpu_max_batch") or 64)
         root = opt("moeperf_baselines") or config.getini("moeperf_baselines") or "baselines"
         self.baselines_root = Path(root) if Path(root).is_absolute() else Path(config.rootpath) / root

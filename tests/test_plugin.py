@@ -13,7 +13,7 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 
 FAKE_TIMER = '''
-import contextlib, os, random
+import contextlib, json, os, random
 import pytest
 from pytest_moeperf.run_state import RUN_KEY
 from pytest_moeperf.timing import Measurement
@@ -27,8 +27,18 @@ class FakeTimer:
             c()
         factor = float(os.environ.get("FAKE_FACTOR", "1.0"))
         noise = float(os.environ.get("FAKE_NOISE", "0.01"))
-        samples = [10.0 * factor * (1 + self.rng.gauss(0, noise)) for _ in range(cfg.samples)]
+        extra = getattr(calls[0], "extra_us", 0.0)  # set by slow_down below
+        samples = [(10.0 * factor + extra) * (1 + self.rng.gauss(0, noise)) for _ in range(cfg.samples)]
         return Measurement(samples, os.environ.get("FAKE_MODE", "graph"), cfg.invocations, len(calls))
+    def slow_down(self, calls, extra_us, device):
+        def slowed(call):
+            def run():
+                return call()
+            run.extra_us = extra_us
+            return run
+        return [slowed(c) for c in calls], {"target_us": extra_us, "extra_us": extra_us, "extra_bytes": 0}
+    def health(self):
+        return json.loads(os.environ.get("FAKE_HEALTH", "{}"))
     def input_sets_for_cold_l2(self, nbytes, device):
         return 2
     def ceiling_gbps(self, device):
@@ -288,6 +298,37 @@ def test_eager_regressions_are_advisory_unless_gated(env):
     assert verdicts == {"regression (eager: advisory)"}
     gated = run_timed(env, "-k", "timing and permute", "--moeperf-gate-eager", factor="1.5", mode="eager")
     gated.assert_outcomes(failed=6)
+
+
+def test_an_injected_slowdown_is_caught_and_labelled(env):
+    env.makefile(".yaml", small=SMALL)
+    env.makeconftest(FAKE_TIMER)
+    run_timed(env, "--update-baselines", "-k", "timing and permute").assert_outcomes(passed=6)
+    caught = run_timed(env, "-k", "timing and permute", "--moeperf-inject-slowdown", "0.2", "--moeperf-json", "o.json")
+    caught.assert_outcomes(failed=6)
+    assert any("an injected slowdown of 20%" in line for line in caught.outlines)
+    results = json.loads((env.path / "o.json").read_text())["results"]
+    assert {r["verdict"] for r in results} == {"regression (injected +20%)"}
+    assert all(r["injected"]["fraction"] == 0.2 and r["injected"]["target_us"] == pytest.approx(2.0, rel=0.1)
+               for r in results)
+    run_timed(env, "-k", "timing and permute", "--moeperf-inject-slowdown", "0.02").assert_outcomes(passed=6)
+    refused = run_timed(env, "-k", "timing", "--moeperf-inject-slowdown", "0.1", "--update-baselines")
+    assert refused.ret == pytest.ExitCode.USAGE_ERROR
+    assert any("must never become a baseline" in line for line in refused.errlines)
+
+
+def test_a_regression_on_a_throttled_or_shared_gpu_is_reported_not_counted(env, monkeypatch):
+    env.makefile(".yaml", small=SMALL)
+    env.makeconftest(FAKE_TIMER)
+    run_timed(env, "--update-baselines", "-k", "timing and permute").assert_outcomes(passed=6)
+    monkeypatch.setenv("FAKE_HEALTH", json.dumps({"slowdown": ["hardware slowdown"], "other_processes": [4242]}))
+    result = run_timed(env, "-k", "timing and permute", "--moeperf-json", "o.json", factor="1.5")
+    result.assert_outcomes(passed=6)
+    verdicts = {r["verdict"] for r in json.loads((env.path / "o.json").read_text())["results"]}
+    assert verdicts == {"regression (not counted: GPU throttled (hardware slowdown); GPU shared with process(es) "
+                        "4242)"}
+    monkeypatch.setenv("FAKE_HEALTH", json.dumps({"slowdown": [], "other_processes": []}))
+    run_timed(env, "-k", "timing and permute", factor="1.5").assert_outcomes(failed=6)
 
 
 def test_auto_workers_one_per_visible_gpu(env, monkeypatch):
