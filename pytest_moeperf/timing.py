@@ -8,7 +8,7 @@ from collections.abc import Callable
 
 import torch
 
-from pytest_moeperf import env, health
+from pytest_moeperf import env, health, inject
 from pytest_moeperf.locks import machine_lock
 from pytest_moeperf.scenario import Timing
 
@@ -124,30 +124,6 @@ def copy_ceiling_gbps(device, spin_up_s: float = 0.5) -> float:
     return _ceiling_cache[key]
 
 
-def calibrated_extra_pass(target_us: float, device, ceiling_gbps: float) -> tuple[Callable[[], object], float, int]:
-    """(call, its measured us, bytes): a device-to-device copy sized so that one more CUDA-graph node running it
-    takes about target_us, found from two measurements and a linear fit. A copy never takes less than one launch, so
-    a target below that gets the smallest copy and the result says what it costs."""
-    probe = Timing(invocations=10, samples=30, warmup=3)
-
-    def copy_of(nbytes: int):
-        src = torch.ones(nbytes, dtype=torch.uint8, device=device)
-        dst = torch.empty_like(src)
-        return lambda: dst.copy_(src)
-
-    small = 4096
-    call = copy_of(small)
-    t_small = measure([call], probe).median
-    if t_small >= target_us:
-        return call, t_small, small
-    guess = small + int((target_us - t_small) * ceiling_gbps * 1e3 / 2)
-    t_guess = measure([copy_of(guess)], probe).median
-    slope = (t_guess - t_small) / (guess - small) if t_guess > t_small else 2 / (ceiling_gbps * 1e3)
-    nbytes = max(small, small + int((target_us - t_small) / slope))
-    call = copy_of(nbytes)
-    return call, measure([call], probe).median, nbytes
-
-
 class CudaTimer:
     """What the timing tests measure with on a GPU. Tests of the plugin give a fake one with the same methods."""
 
@@ -172,12 +148,20 @@ class CudaTimer:
 
     @staticmethod
     def slow_down(calls, extra_us: float, device) -> tuple[list, dict]:
-        """The calls, each followed by an extra device copy of about extra_us (inject.py); and what was added."""
-        extra, measured_us, nbytes = calibrated_extra_pass(extra_us, device, copy_ceiling_gbps(device))
+        """The calls, each followed by a device copy sized (inject.calibrate_bytes) so that the calls, measured as
+        the gate measures them, get about extra_us slower; and what was added."""
+        timing = Timing(invocations=10, samples=30, warmup=3)
 
-        def slowed(call):
-            return lambda: (call(), extra())
-        return [slowed(c) for c in calls], {"target_us": extra_us, "extra_us": measured_us, "extra_bytes": nbytes}
+        def with_copy(nbytes: int) -> list:
+            src = torch.ones(nbytes, dtype=torch.uint8, device=device)
+            dst = torch.empty_like(src)
+            return [lambda c=c: (c(), dst.copy_(src)) for c in calls]
+
+        clean_us = measure(calls, timing).median
+        guess = int(extra_us * copy_ceiling_gbps(device) * 1e3 / 2)
+        nbytes, added_us = inject.calibrate_bytes(lambda n: measure(with_copy(n), timing).median - clean_us,
+                                                  extra_us, guess)
+        return with_copy(nbytes), {"target_us": extra_us, "extra_us": added_us, "extra_bytes": nbytes}
 
     @staticmethod
     def lock():
