@@ -64,7 +64,23 @@ class Impl:
     def prepare(self, op: str, p: Problem) -> Callable[[], object]:
         raise NotImplementedError
 
+    align_any_order = False  # whether this align may order routes freely inside an expert
+
     def check(self, op: str, p: Problem) -> None:
+        """Run the op and compare it with the reference under this implementation's contract."""
+        if op == "unpermute":
+            self._check_unpermute(p)
+        elif op == "align":
+            want = reference.moe_align_block_size(p.topk_ids, p.block_size, p.E, p.expert_map)
+            compare.assert_align_matches(self.prepare(op, p)(), want, p.topk_ids, p.block_size, p.E,
+                                         any_order=self.align_any_order)
+        else:
+            self._check_permute(p, self.prepare(op, p)())
+
+    def _check_permute(self, p: Problem, got) -> None:
+        raise NotImplementedError
+
+    def _check_unpermute(self, p: Problem) -> None:
         raise NotImplementedError
 
 
@@ -111,18 +127,10 @@ class CustomizedContract(Impl):
             return self._unpermute_call(p, *self._unpermute_inputs(p))
         return lambda: self.fns["align"](p.topk_ids, p.block_size, p.E, p.expert_map)
 
-    def check(self, op, p):
-        if op == "unpermute":
-            self._check_unpermute(p)
-            return
-        got = self.prepare(op, p)()
-        if op == "permute":
-            want = reference.moe_permute(p.hidden, p.scale, p.topk_ids, p.E, p.n_local, p.expert_map, p.align)
-            compare.assert_permute_matches(got, want, p.hidden, p.scale, p.topk_ids,
-                                           reference.local_expert_of_routes(p.topk_ids, p.E, p.expert_map))
-        elif op == "align":
-            want = reference.moe_align_block_size(p.topk_ids, p.block_size, p.E, p.expert_map)
-            compare.assert_align_matches(got, want, p.topk_ids, p.block_size, p.E, any_order=self.align_any_order)
+    def _check_permute(self, p, got):
+        want = reference.moe_permute(p.hidden, p.scale, p.topk_ids, p.E, p.n_local, p.expert_map, p.align)
+        compare.assert_permute_matches(got, want, p.hidden, p.scale, p.topk_ids,
+                                       reference.local_expert_of_routes(p.topk_ids, p.E, p.expert_map))
 
     def _check_unpermute(self, p: Problem) -> None:
         rows, inv, offsets = self._unpermute_inputs(p)
@@ -171,21 +179,13 @@ class StandardContract(Impl):
             return lambda: self.align(p.topk_ids, p.block_size, p.E, p.expert_map)
         return self._reduce_call(p, *self._unpermute_inputs(p, reference._moe_permute))
 
-    def check(self, op, p):
-        if op == "unpermute":
-            self._check_unpermute(p)
-            return
-        got = self.prepare(op, p)()
-        if op == "permute":
-            want = reference._moe_permute(p.hidden, p.scale, p.topk_ids, p.E, p.expert_map, p.block_size)
-            names = ("permuted", "a1q_scale", "sorted_token_ids", "expert_ids_per_row", "inv_perm")
-            for name, g, w in zip(names, got, want):
-                if name == "a1q_scale" and (p.scale is None or p.scale.dim() < 2):
-                    continue
-                compare.assert_equal(name, g, w)
-        elif op == "align":
-            want = reference.moe_align_block_size(p.topk_ids, p.block_size, p.E, p.expert_map)
-            compare.assert_align_matches(got, want, p.topk_ids, p.block_size, p.E)
+    def _check_permute(self, p, got):
+        want = reference._moe_permute(p.hidden, p.scale, p.topk_ids, p.E, p.expert_map, p.block_size)
+        names = ("permuted", "a1q_scale", "sorted_token_ids", "expert_ids_per_row", "inv_perm")
+        for name, g, w in zip(names, got, want):
+            if name == "a1q_scale" and (p.scale is None or p.scale.dim() < 2):
+                continue
+            compare.assert_equal(name, g, w)
 
     def _check_unpermute(self, p: Problem) -> None:
         rows, inv = self._unpermute_inputs(p, reference._moe_permute)
