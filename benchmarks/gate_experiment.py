@@ -2,17 +2,22 @@
 
     python benchmarks/gate_experiment.py [scenarios/mixtral.yaml scenarios/deepseek-v3.yaml] [--record]
         [--baselines DIR] [--rounds 3] [--inject 0.05,0.1,0.2] [-k EXPR] [--out DIR]
+        [--sweep-thresholds 0.03,0.04,0.05] [--sweep-floors 0.25,0.35,0.5] [--summarize] [--budget-s S]
 
 Without --record it judges against the committed baselines (the "fresh machine" case: run it on a GPU that did not
 record them). With --record it first records baselines into --baselines (a scratch folder, default
 <out>/baselines), then judges against those (the "same machine" case). Each round runs the timing tests once clean
 and once per injected fraction (--moeperf-inject-slowdown), each run a separate pytest process, and keeps their JSON
-reports in --out. Prints false alarms per clean run, detection rate per injected size and kernel duration, and the
-spread of the clean median / baseline median ratio; writes summary.json. GPU only.
+reports in --out; reports already there are reused, so a second call with the same --out adds rounds. After each
+round it prints and writes (summary.json) the false alarms per clean run, the detection rate per injected size and
+kernel duration with the slowdown actually injected, the spread of the clean median / baseline median ratio (raw
+and scaled by the copy ceilings of the two runs), and the same reports re-judged offline for each threshold and
+noise floor of the sweep. --summarize only reads --out. GPU only, except --summarize.
 """
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import subprocess
 import sys
@@ -23,20 +28,82 @@ from tabulate import tabulate
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-from pytest_moeperf import gate_stats  # noqa: E402
+from pytest_moeperf import baselines, gate_stats  # noqa: E402
 
 DEFAULT_SCENARIOS = ("scenarios/mixtral.yaml", "scenarios/deepseek-v3.yaml")
 
 
-def run_pytest(scenarios, select: str, json_path: Path, *extra: str) -> list[dict]:
-    cmd = [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-q", "--moeperf", *scenarios, "-k", select,
-           "--moeperf-json", str(json_path), *extra]
-    started = time.time()
-    done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
-    print(f"  {' '.join(cmd[5:])}: exit {done.returncode}, {time.time() - started:.0f} s", flush=True)
+def floats(text: str) -> list[float]:
+    return [float(f) for f in text.split(",") if f]
+
+
+class OutOfTime(Exception):
+    pass
+
+
+class Clock:
+    """Refuses to start a run that would likely end past the deadline (the longest run so far is the estimate), or
+    any run when only summarizing."""
+
+    def __init__(self, budget_s: float | None, may_run: bool = True):
+        self.deadline = budget_s and time.time() + budget_s
+        self.may_run = may_run
+        self.longest = 0.0
+
+    def check(self) -> None:
+        if not self.may_run or self.deadline and time.time() + 1.1 * self.longest > self.deadline:
+            raise OutOfTime
+
+    def ran(self, seconds: float) -> None:
+        self.longest = max(self.longest, seconds)
+
+
+def run_pytest(clock: Clock, scenarios, select: str, json_path: Path, *extra: str) -> list[dict]:
+    """The results of one pytest run, or of the report an earlier call left at json_path."""
     if not json_path.exists():
-        sys.exit(f"no report from that run; its output ends:\n{done.stdout[-3000:]}\n{done.stderr[-2000:]}")
+        clock.check()
+        cmd = [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-q", "--moeperf", *scenarios, "-k",
+               select, "--moeperf-json", str(json_path), *extra]
+        started = time.time()
+        done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
+        clock.ran(time.time() - started)
+        print(f"  {' '.join(cmd[5:])}: exit {done.returncode}, {time.time() - started:.0f} s", flush=True)
+        if not json_path.exists():
+            sys.exit(f"no report from that run; its output ends:\n{done.stdout[-3000:]}\n{done.stderr[-2000:]}")
     return json.loads(json_path.read_text())["results"]
+
+
+def round_files(i: int, fractions: list[float]) -> list[str]:
+    return [f"clean-{i}.json"] + [f"inject-{f:g}-{i}.json" for f in fractions]
+
+
+def baseline_lookup(root: Path):
+    files: dict[Path, dict] = {}
+
+    def baseline_of(result: dict) -> dict | None:
+        path = baselines.path_for(root, result["gpu"], result["scenario"])
+        if path not in files:
+            files[path] = baselines.load(path)
+        return files[path].get(result["key"])
+    return baseline_of
+
+
+def summarize(out: Path, clean, injected, baseline_of, args, source: str) -> None:
+    summary = {"false_alarms": gate_stats.false_alarms(clean),
+               "detection": gate_stats.detection(injected, clean),
+               "ratio_spread": gate_stats.ratio_spread(clean, baseline_of),
+               "sweep": gate_stats.sweep(clean, injected, baseline_of, floats(args.sweep_thresholds),
+                                         floats(args.sweep_floors)),
+               "gpu_uuids": sorted({r["gpu_uuid"] for run in clean for r in run}),
+               "scenarios": args.scenarios, "select": args.select, "baselines": source}
+    (out / "summary.json").write_text(json.dumps(summary, indent=1))
+    print(f"\n{len(clean)} rounds on {', '.join(summary['gpu_uuids'])}, baselines: {source}")
+    for name, rows in (("false alarms per clean run (A/A)", summary["false_alarms"]),
+                       ("detection of injected slowdowns (A/B)", summary["detection"]),
+                       ("clean median / baseline median", summary["ratio_spread"]),
+                       ("re-judged offline (first measurement only) per threshold and noise floor", summary["sweep"])):
+        print(f"\n{name}")
+        print(tabulate(rows, headers="keys", floatfmt=".4g"), flush=True)
 
 
 def main(argv=None) -> int:
@@ -49,35 +116,45 @@ def main(argv=None) -> int:
     ap.add_argument("--inject", default="0.05,0.1,0.2", help="slowdown fractions to inject")
     ap.add_argument("-k", dest="select", default="timing", help="pytest -k expression (default: every timing test)")
     ap.add_argument("--out", type=Path, default=Path("gate-experiment"))
+    ap.add_argument("--sweep-thresholds", default="0.03,0.04,0.05")
+    ap.add_argument("--sweep-floors", default="0.25,0.35,0.5")
+    ap.add_argument("--summarize", action="store_true", help="only summarize the reports already in --out")
+    ap.add_argument("--budget-s", type=float, help="start no run that would likely end after this many seconds")
     args = ap.parse_args(argv)
     out = args.out.resolve()
     out.mkdir(parents=True, exist_ok=True)
-    select = args.select if "timing" in args.select else f"timing and ({args.select})"
-    extra = []
+    args.select = args.select if "timing" in args.select else f"timing and ({args.select})"
+    extra, folder, source = [], ROOT / "baselines", "committed"
     if args.record or args.baselines:
         folder = (args.baselines or out / "baselines").resolve()
-        extra = ["--moeperf-baselines", str(folder)]
-    if args.record:
-        print("recording baselines", flush=True)
-        run_pytest(args.scenarios, select, out / "record.json", "--update-baselines", *extra)
-    fractions = [float(f) for f in args.inject.split(",") if f]
+        extra, source = ["--moeperf-baselines", str(folder)], "recorded here" if args.record else str(folder)
+    baseline_of = baseline_lookup(folder)
+    fractions = floats(args.inject)
+    clock = Clock(args.budget_s, may_run=not args.summarize)
     clean, injected = [], {f: [] for f in fractions}
-    for i in range(1, args.rounds + 1):
-        print(f"round {i}", flush=True)
-        clean.append(run_pytest(args.scenarios, select, out / f"clean-{i}.json", *extra))
-        for f in fractions:
-            injected[f].append(run_pytest(args.scenarios, select, out / f"inject-{f:g}-{i}.json", *extra,
-                                          "--moeperf-inject-slowdown", str(f)))
-    summary = {"false_alarms": gate_stats.false_alarms(clean), "detection": gate_stats.detection(injected),
-               "ratio_spread": gate_stats.ratio_spread(clean), "scenarios": args.scenarios,
-               "select": select, "baselines": "recorded here" if args.record else (extra[1] if extra else
-                                                                                   "committed")}
-    (out / "summary.json").write_text(json.dumps(summary, indent=1))
-    for name, rows in (("false alarms per clean run (A/A)", summary["false_alarms"]),
-                       ("detection of injected slowdowns (A/B)", summary["detection"]),
-                       ("clean median / baseline median", summary["ratio_spread"])):
-        print(f"\n{name}")
-        print(tabulate(rows, headers="keys", floatfmt=".4g"))
+    try:
+        if args.record and not args.summarize:
+            print("recording baselines", flush=True)
+            run_pytest(clock, args.scenarios, args.select, out / "record.json", "--update-baselines", *extra)
+        for i in itertools.count(1) if args.summarize else range(1, args.rounds + 1):
+            if not args.summarize:
+                print(f"round {i}", flush=True)
+            names = round_files(i, fractions)
+            runs = [run_pytest(clock, args.scenarios, args.select, out / names[0], *extra)]
+            for f, name in zip(fractions, names[1:]):
+                runs.append(run_pytest(clock, args.scenarios, args.select, out / name, *extra,
+                                       "--moeperf-inject-slowdown", str(f)))
+            clean.append(runs[0])
+            for f, results in zip(fractions, runs[1:]):
+                injected[f].append(results)
+            if not args.summarize:
+                summarize(out, clean, injected, baseline_of, args, source)
+    except OutOfTime:
+        if not args.summarize:
+            print(f"out of time (--budget-s {args.budget_s:g}) after {len(clean)} whole rounds; run again with "
+                  f"the same --out to go on", flush=True)
+    if args.summarize:
+        summarize(out, clean, injected, baseline_of, args, source)
     return 0
 
 

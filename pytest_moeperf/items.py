@@ -10,8 +10,12 @@ from pytest_moeperf.report import junit_properties
 from pytest_moeperf.run_state import RUN_KEY
 
 
-RECORD_MAX_SPREAD = 0.05
-RECORD_TRIES = 3
+# A measurement whose IQR exceeds MAX_SPREAD of its median is taken again, up to TRIES times, and the tightest kept;
+# one still spread by more than UNSTABLE_SPREAD was disturbed (an H100 run showed a 2.9 us kernel at 4-27 us in one
+# measurement with clocks and processes normal): its regression is reported but not counted.
+MAX_SPREAD = 0.05
+TRIES = 3
+UNSTABLE_SPREAD = 0.2
 
 
 class ScenarioFile(pytest.File):
@@ -83,14 +87,19 @@ class TimingItem(_Item):
         except AssertionError as e:
             pytest.skip(f"correctness failed, not timed: {str(e).splitlines()[0]}")
         payload, extra = problem.moved_bytes(self.op, first)
-        sets = 1
+        input_sets = 1
         if self.scenario.timing.l2 == "cold":
-            sets = timer.input_sets_for_cold_l2(payload + extra, first.hidden.device)
-        calls = [self.impl.prepare(self.op, p) for p in [first] + [self.problem(i) for i in range(1, sets)]]
+            input_sets = timer.input_sets_for_cold_l2(payload + extra, first.hidden.device)
+
+        def make_calls(reuse_first: bool = False) -> list:
+            sets = [first if reuse_first and i == 0 else self.problem(i) for i in range(input_sets)]
+            return [self.impl.prepare(self.op, p) for p in sets]
+
         ceiling = timer.ceiling_gbps(first.hidden.device)
         threshold = run.threshold_override or self.scenario.threshold
         base = run.baseline_entry(self.scenario, self.key)
-        m, v, confirmed, injected = self._measure_and_judge(timer, calls, base, threshold, first.hidden.device)
+        m, v, confirmed, injected = self._measure_and_judge(timer, make_calls(reuse_first=True), make_calls, base,
+                                                            threshold, first.hidden.device)
 
         outcome, gpu_health = v.kind, None
         if run.update_baselines:
@@ -100,6 +109,8 @@ class TimingItem(_Item):
         elif v.kind == "regression":
             gpu_health = timer.health()
             excuses = health.problems(gpu_health)
+            if m.spread > UNSTABLE_SPREAD:
+                excuses.append(f"timing unstable, IQR {100 * m.spread:.0f}% of the median after {TRIES} tries")
             if excuses:
                 outcome = f"regression (not counted: {'; '.join(excuses)})"
         gbps = payload / m.median / 1e3
@@ -130,34 +141,39 @@ class TimingItem(_Item):
             pytest.fail(f"{self.key}: no baseline for {run.gpu_slug} in {run.baseline_path(self.scenario)} "
                         f"(--moeperf-strict); record one with --update-baselines", pytrace=False)
 
-    def _measure_and_judge(self, timer, calls, base, threshold, device):
-        """Measure; when that says regression, measure again: only a confirmed regression stays one.
+    def _measure_and_judge(self, timer, calls, make_calls, base, threshold, device):
+        """Measure; when that says regression, measure again with inputs made anew (at other addresses: a layout that
+        happens to be slow in one process must not fail the test): only a confirmed regression stays one.
 
-        A measurement to be recorded as a baseline is repeated (up to RECORD_TRIES times) while its spread exceeds
-        RECORD_MAX_SPREAD, and the tightest is kept: a disturbed run must not become the reference. With
-        --moeperf-inject-slowdown every call is first made slower by that fraction of the baseline median (of a
-        clean measurement where there is no baseline); the last value returned says what was added.
+        Each measurement is repeated while its spread exceeds MAX_SPREAD (up to TRIES), keeping the tightest: a
+        disturbed run must neither become a baseline nor fail a test. With --moeperf-inject-slowdown every call is
+        first made slower by that fraction of the baseline median (of a clean measurement where there is no
+        baseline); the last value returned says what was added.
         """
         baseline_samples = base and base["samples_us"]
-        injected = None
+        floor = self.run_state.noise_floor_us
+        timing = self.scenario.timing
+        injected, slow = None, (lambda calls: calls)
         with timer.lock():
             fraction = self.run_state.inject_slowdown
             if fraction:
-                ref_us = base["median_us"] if base else timer.measure(calls, self.scenario.timing).median
-                calls, injected = timer.slow_down(calls, fraction * ref_us, device)
+                ref_us = base["median_us"] if base else timer.measure(calls, timing).median
+                slow, injected = timer.slow_down(calls, fraction * ref_us, device, timing)
                 injected["fraction"] = fraction
-            m = timer.measure(calls, self.scenario.timing)
-            tries = 1
-            while self.run_state.update_baselines and m.spread > RECORD_MAX_SPREAD and tries < RECORD_TRIES:
-                again = timer.measure(calls, self.scenario.timing)
-                m = min(m, again, key=lambda x: x.spread)
-                tries += 1
-            floor = self.run_state.noise_floor_us
+            m = self._steady_measure(timer, slow(calls))
             v = verdict.judge(m.samples_us, baseline_samples, threshold, floor)
             if v.kind != "regression":
                 return m, v, None, injected
-            m2 = timer.measure(calls, self.scenario.timing)
+            m2 = self._steady_measure(timer, slow(make_calls()))
             v2 = verdict.judge(m2.samples_us, baseline_samples, threshold, floor)
         if v2.kind == "regression":
             return m, v, True, injected
         return m2, v2, False, injected
+
+    def _steady_measure(self, timer, calls):
+        m = timer.measure(calls, self.scenario.timing)
+        for _ in range(TRIES - 1):
+            if m.spread <= MAX_SPREAD:
+                break
+            m = min(m, timer.measure(calls, self.scenario.timing), key=lambda x: x.spread)
+        return m

@@ -12,14 +12,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from pytest_moeperf import baselines, report, timing
+from pytest_moeperf import baselines, report, timing, verdict
 
 RUN_KEY = pytest.StashKey()
-# Smallest slowdown, in microseconds, that can fail a timing test. Chosen from a second H100 run against baselines
-# recorded on another H100 (2026-11-22): kernels under 10 us differed by up to ~10% between the two machines, with
-# tight distributions; a 0.5 us floor took the clean-rerun alarms from 5.7% to 0.66% and, being 5% of 10 us, leaves
-# the gate of kernels >= 10 us at the scenario threshold.
-DEFAULT_NOISE_FLOOR_US = 0.5
 
 
 def is_worker(config) -> bool:
@@ -40,7 +35,7 @@ class MoePerfRun:
         floor = opt("moeperf_noise_floor_us")
         if floor is None:
             floor = _ini_float(config, "moeperf_noise_floor_us")
-        self.noise_floor_us = DEFAULT_NOISE_FLOOR_US if floor is None else floor
+        self.noise_floor_us = verdict.DEFAULT_NOISE_FLOOR_US if floor is None else floor
         self.inject_slowdown = opt("moeperf_inject_slowdown")
         if self.inject_slowdown is not None and not 0 < self.inject_slowdown <= 10:
             raise pytest.UsageError(f"--moeperf-inject-slowdown must be a fraction in (0, 10], "

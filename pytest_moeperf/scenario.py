@@ -6,7 +6,7 @@ from pathlib import Path
 
 import yaml
 
-from pytest_moeperf import models, routing
+from pytest_moeperf import models, routing, verdict
 
 DTYPES = ("bf16", "fp16", "auto", "fp8_w8a8", "int8_w8a16")
 OPS = ("permute", "unpermute", "align")
@@ -307,7 +307,7 @@ def load(path: str | Path) -> Scenario:
         raise r.error(fields.get("routing"), "routing.experts_used", f"must lie in [topk={k}, num_experts={E}]")
     seed = get("seed", lambda n: r.integer(n, "seed", minimum=0), 0)
     timing = get("timing", lambda n: _timing(r, n), Timing())
-    threshold = get("threshold", lambda n: r.number(n, "threshold", 0.0, 10.0), 0.05)
+    threshold = get("threshold", lambda n: r.number(n, "threshold", 0.0, 10.0), verdict.DEFAULT_THRESHOLD)
     return Scenario(name=name, path=path, model=model, shape=shape, dtypes=dtypes, batch_sizes=batch_sizes,
                     ops=ops, impls=impls, tp_size=tp_size, ep_size=ep_size, ep_rank=ep_rank,
                     align_block_size=align, block_quant=block_quant, routing=route, seed=seed, timing=timing,

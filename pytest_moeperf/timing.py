@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import statistics
 import time
 from collections.abc import Callable
@@ -59,6 +60,12 @@ def _time_replays(run: Callable[[], None], calls: int, timing: Timing, min_warmu
     return samples
 
 
+def graph_calls(timing: Timing, sets: int) -> int:
+    """Calls in one timing graph: max(invocations, sets), rounded up to a whole number of rotations."""
+    n = max(timing.invocations, sets)
+    return -(-n // sets) * sets
+
+
 def measure(calls: list[Callable[[], object]], timing: Timing) -> Measurement:
     """Time `calls` (one per input set, rotated) per SPEC 3: each was already run once eagerly by the caller.
 
@@ -66,8 +73,7 @@ def measure(calls: list[Callable[[], object]], timing: Timing) -> Measurement:
     replay's event time divided by the calls in it, in microseconds.
     """
     sets = len(calls)
-    n = max(timing.invocations, sets)
-    n = -(-n // sets) * sets
+    n = graph_calls(timing, sets)
     torch.cuda.synchronize()
     stream = torch.cuda.Stream()
     try:
@@ -147,21 +153,40 @@ class CudaTimer:
         return health.snapshot(torch.cuda.current_device())
 
     @staticmethod
-    def slow_down(calls, extra_us: float, device) -> tuple[list, dict]:
-        """The calls, each followed by a device copy sized (inject.calibrate_bytes) so that the calls, measured as
-        the gate measures them, get about extra_us slower; and what was added."""
-        timing = Timing(invocations=10, samples=30, warmup=3)
+    def slow_down(calls, extra_us: float, device, timing: Timing) -> tuple[Callable[[list], list], dict]:
+        """A function that adds to a list of calls like these a device copy (inject.calibrate) that makes them, timed
+        with `timing` as the gate times them, about extra_us slower; and what it adds.
 
-        def with_copy(nbytes: int) -> list:
-            src = torch.ones(nbytes, dtype=torch.uint8, device=device)
-            dst = torch.empty_like(src)
-            return [lambda c=c: (c(), dst.copy_(src)) for c in calls]
+        The copy is sized on `calls`, and checked once more after sizing: when that check is off by more than a
+        quarter of the target (a disturbed timing), it is sized again.
+        """
+        quick = dataclasses.replace(timing, samples=min(timing.samples, 30))
+        src = torch.ones(1 << 30, dtype=torch.uint8, device=device)
+        dst = torch.empty_like(src)
 
-        clean_us = measure(calls, timing).median
+        def with_copy(nbytes: int, every: int) -> Callable[[list], list]:
+            count = itertools.count()
+
+            def slowed(call):
+                def run():
+                    out = call()
+                    if next(count) % every == 0:
+                        dst[:nbytes].copy_(src[:nbytes])
+                    return out
+                return run
+            return lambda cs: [slowed(c) for c in cs]
+
+        def added(nbytes: int, every: int) -> float:
+            return measure(with_copy(nbytes, every)(calls), quick).median - measure(calls, quick).median
+
         guess = int(extra_us * copy_ceiling_gbps(device) * 1e3 / 2)
-        nbytes, added_us = inject.calibrate_bytes(lambda n: measure(with_copy(n), timing).median - clean_us,
-                                                  extra_us, guess)
-        return with_copy(nbytes), {"target_us": extra_us, "extra_us": added_us, "extra_bytes": nbytes}
+        for _ in range(2):
+            plan = inject.calibrate(added, extra_us, guess, graph_calls(timing, len(calls)), src.numel())
+            check = added(plan.nbytes, plan.every)
+            if abs(check - plan.added_us) <= extra_us / 4:
+                break
+        return with_copy(plan.nbytes, plan.every), {"target_us": extra_us, "extra_us": check,
+                                                    "extra_bytes": plan.nbytes, "copy_every": plan.every}
 
     @staticmethod
     def lock():

@@ -4,8 +4,14 @@ import pytest
 from pytest_moeperf import gate_stats
 
 
-def result(verdict, median, base):
-    return {"verdict": verdict, "median_us": median, "baseline_median_us": base}
+def result(verdict, median, base, key="k", ceiling=2000.0):
+    return {"verdict": verdict, "median_us": median, "baseline_median_us": base, "scenario": "s", "key": key,
+            "ceiling_gbps": ceiling, "samples_us": [median * (1 + i / 1000) for i in range(-15, 15)]}
+
+
+def baseline(median, ceiling=2000.0):
+    return {"median_us": median, "samples_us": [median * (1 + i / 1000) for i in range(-15, 15)], "gbps": 100.0,
+            "ceiling_pct": 100 * 100.0 / ceiling}
 
 
 def test_only_counted_regressions_are_flagged():
@@ -17,18 +23,41 @@ def test_only_counted_regressions_are_flagged():
 
 
 def test_false_alarms_detection_and_spread():
-    clean = [[result("pass", 10.0, 10.0), result("regression", 3.3, 3.0), result("new", 1, None)],
-             [result("pass", 20.2, 20.0), result("pass", 2.9, 3.0)]]
+    clean = [[result("pass", 10.0, 10.0, "a"), result("regression", 3.3, 3.0, "b"), result("new", 1, None, "c")],
+             [result("pass", 20.2, 20.0, "d", ceiling=2020.0), result("pass", 2.9, 3.0, "e")]]
     alarms = gate_stats.false_alarms(clean)
     assert [(a["tests"], a["flagged"]) for a in alarms] == [(2, 1), (2, 0)]
     assert alarms[0]["rate"] == 0.5
 
-    injected = {0.1: [[result("regression (injected +10%)", 11.0, 10.0), result("pass", 3.1, 3.0)]],
-                0.05: [[result("pass", 10.4, 10.0), result("regression (injected +5%)", 21.0, 20.0)]]}
-    rows = gate_stats.detection(injected)
+    injected = {0.1: [[result("regression (injected +10%)", 11.0, 10.0, "a"), result("pass", 3.1, 3.0, "b")], []],
+                0.05: [[result("pass", 10.4, 10.0, "a")],
+                       [result("regression (injected +5%)", 21.0, 20.0, "d"), result("pass", 3.0, 3.0, "x")]]}
+    rows = gate_stats.detection(injected, clean)
     assert [(r["injected"], r["kernels"], r["tests"], r["flagged"]) for r in rows] == [
-        (0.05, ">= 10 us", 2, 1), (0.1, "< 10 us", 1, 0), (0.1, ">= 10 us", 1, 1)]
+        (0.05, "< 10 us", 1, 0), (0.05, ">= 10 us", 2, 1), (0.1, "< 10 us", 1, 0), (0.1, ">= 10 us", 1, 1)]
+    # realized: slowed median over the clean median of the same round and test; none for a test without a clean one
+    long5 = rows[1]
+    assert long5["realized median"] == pytest.approx((0.04 + 21.0 / 20.2 - 1) / 2)
+    assert rows[0]["realized median"] is None
+    assert rows[3]["realized median"] == pytest.approx(0.1)
 
-    spread = {r["kernels"]: r for r in gate_stats.ratio_spread(clean)}
-    assert spread[">= 10 us"]["median"] == pytest.approx(1.005)
-    assert spread["< 10 us"]["tests"] == 2
+    spread = {(r["ratio"], r["kernels"]): r for r in gate_stats.ratio_spread(clean, lambda r: baseline(1.0))}
+    assert spread[("median / baseline", ">= 10 us")]["median"] == pytest.approx(1.005)
+    assert spread[("median / baseline", ">= 10 us")]["max |r - 1|"] == pytest.approx(0.01)
+    # d ran with a 1% higher copy ceiling than its baseline's: scaled, its ratio is 1.01 * 1.01
+    assert spread[("x copy-ceiling ratio", ">= 10 us")]["max |r - 1|"] == pytest.approx(1.01 * 1.01 - 1)
+    assert spread[("median / baseline", "< 10 us")]["tests"] == 2
+
+
+def test_the_sweep_rejudges_with_each_threshold_and_floor():
+    bases = {"a": baseline(10.0), "b": baseline(2.0)}
+    clean = [[result("pass", 10.3, 10.0, "a"), result("pass", 2.1, 2.0, "b")]]
+    injected = {0.05: [[result("pass", 10.5, 10.0, "a"), result("pass", 2.2, 2.0, "b")]]}
+    rows = gate_stats.sweep(clean, injected, lambda r: bases[r["key"]], [0.02, 0.04, 0.06], [0.0, 0.3])
+    got = {(r["threshold"], r["floor us"]): r for r in rows}
+    # clean +3% on 10 us and +5% on 2 us; injected +5% and +10%
+    assert got[(0.02, 0.0)]["false alarms"] == 2 and got[(0.02, 0.0)]["alarm rate"] == 1.0
+    assert got[(0.04, 0.0)]["false alarms"] == 1
+    assert got[(0.04, 0.3)]["false alarms"] == 0  # 0.3 us is 15% of 2 us
+    assert got[(0.04, 0.3)]["0.05 >= 10 us"] == 1.0 and got[(0.04, 0.3)]["0.05 < 10 us"] == 0.0
+    assert got[(0.06, 0.0)]["0.05 >= 10 us"] == 0.0 and got[(0.06, 0.0)]["false alarms"] == 0

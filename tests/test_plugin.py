@@ -30,13 +30,13 @@ class FakeTimer:
         extra = getattr(calls[0], "extra_us", 0.0)  # set by slow_down below
         samples = [(10.0 * factor + extra) * (1 + self.rng.gauss(0, noise)) for _ in range(cfg.samples)]
         return Measurement(samples, os.environ.get("FAKE_MODE", "graph"), cfg.invocations, len(calls))
-    def slow_down(self, calls, extra_us, device):
+    def slow_down(self, calls, extra_us, device, timing):
         def slowed(call):
             def run():
                 return call()
             run.extra_us = extra_us
             return run
-        return [slowed(c) for c in calls], {"target_us": extra_us, "extra_us": extra_us, "extra_bytes": 0}
+        return (lambda cs: [slowed(c) for c in cs]), {"target_us": extra_us, "extra_us": extra_us, "extra_bytes": 0}
     def health(self):
         return json.loads(os.environ.get("FAKE_HEALTH", "{}"))
     def input_sets_for_cold_l2(self, nbytes, device):
@@ -398,3 +398,36 @@ FakeTimer.measure = measure
     run_timed(env, "--update-baselines", "-k", "timing and permute").assert_outcomes(passed=6)
     entries = json.loads(baseline_file(env).read_text())["entries"]
     assert all(e["iqr_us"] / e["median_us"] < 0.05 for e in entries.values())
+
+
+def test_a_regression_is_confirmed_with_inputs_made_anew(env, monkeypatch):
+    # the first inputs of each test sit at a "slow address": the re-measurement with new inputs clears it
+    env.makefile(".yaml", small=SMALL)
+    env.makeconftest(FAKE_TIMER + '''
+_state = {"first": None, "new_test": True}
+def pytest_runtest_setup(item):
+    _state["new_test"] = True
+_orig = FakeTimer.measure
+def measure(self, calls, cfg):
+    if _state["new_test"]:
+        _state["first"], _state["new_test"] = calls[0], False
+    os.environ["FAKE_FACTOR"] = os.environ.get("SLOW_FIRST", "1.0") if calls[0] is _state["first"] else "1.0"
+    return _orig(self, calls, cfg)
+FakeTimer.measure = measure
+''')
+    run_timed(env, "--update-baselines", "-k", "timing and permute").assert_outcomes(passed=6)
+    monkeypatch.setenv("SLOW_FIRST", "1.3")
+    run_timed(env, "-k", "timing and permute", "--moeperf-json", "o.json").assert_outcomes(passed=6)
+    results = json.loads((env.path / "o.json").read_text())["results"]
+    assert {(r["verdict"], r["confirmed"]) for r in results} == {("pass", False)}
+
+
+def test_a_measurement_that_stays_spread_out_is_not_counted(env, monkeypatch):
+    env.makefile(".yaml", small=SMALL)
+    env.makeconftest(FAKE_TIMER)
+    run_timed(env, "--update-baselines", "-k", "timing and permute").assert_outcomes(passed=6)
+    monkeypatch.setenv("FAKE_NOISE", "0.5")
+    result = run_timed(env, "-k", "timing and permute", "--moeperf-json", "o.json", factor="3")
+    result.assert_outcomes(passed=6)
+    verdicts = {r["verdict"] for r in json.loads((env.path / "o.json").read_text())["results"]}
+    assert all(v.startswith("regression (not counted: timing unstable, IQR") for v in verdicts)
