@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import torch
 
-from kernels import _checks, _launch, _rows
+from kernels import _checks, _launch, _rows, tuning
 from kernels._bits import as_bits
 from kernels._pipeline import cdiv, is_small, launch_index, round_up
 from kernels.align import moe_align_block_size
@@ -73,12 +73,13 @@ def moe_permute(hidden_states: torch.Tensor, a1q_scale: torch.Tensor | None, top
     map_or_ids = topk_flat if expert_map is None else expert_map
     x_bits, out_bits = as_bits(hidden_states), as_bits(out["permuted"])
     scale_src, scale_dst = (as_bits(a1q_scale), as_bits(out["scale"])) if S else (out["inv"], out["inv"])
-    block_t, block_h = _launch.row_block(H, M, hidden_states.element_size())
+    config = tuning.launch_config("permute", M, H, k, hidden_states.dtype, hidden_states.device, E=n_expert)
+    block_t, block_h = config["BLOCK_T"], config["BLOCK_H"]
     grid_h = max(1, cdiv(H, block_h))
     copy_args = (H, S, x_bits.stride(0), out_bits.stride(0), scale_src.stride(0) if S else 0,
                  scale_dst.stride(0) if S else 0)
     copy_meta = dict(HAS_SCALE=S > 0, BLOCK_T=block_t, BLOCK_H=block_h, BLOCK_S=_launch.next_pow2(max(S, 1)),
-                     num_warps=_launch.num_warps(block_t * block_h))
+                     num_warps=config["num_warps"])
     index_meta = dict(K=k, MAP_BUCKETS=expert_map is not None, HAS_PAD=(A or 1) > 1,
                       PAD_COLS=_launch.pad_cols(A or 1), W=_launch.hist_width(L))
     if is_small(R):

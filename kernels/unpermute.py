@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import torch
 
-from kernels import _checks, _launch, _rows
+from kernels import _checks, _launch, _rows, tuning
 from kernels._pipeline import cdiv
 
 
@@ -12,13 +12,14 @@ def _reduce(out, permuted, inv, weights, limit) -> None:
     k = inv.numel() // max(M, 1)
     if M == 0 or H == 0:
         return
-    block_t, block_h = _launch.row_block(H, M, out.element_size())
+    config = tuning.launch_config("unpermute", M, H, k, out.dtype, out.device)
+    block_t, block_h = config["BLOCK_T"], config["BLOCK_H"]
     dummy = inv
     _rows.unpermute_kernel[(cdiv(M, block_t), cdiv(H, block_h))](
         permuted, inv, dummy if weights is None else weights, out, dummy if limit is None else limit,
         M, H, permuted.stride(0), out.stride(0), K=k,
         HAS_W=weights is not None, HAS_LIMIT=limit is not None, BLOCK_T=block_t, BLOCK_H=block_h,
-        num_warps=_launch.num_warps(block_t * block_h))
+        num_warps=config["num_warps"])
 
 
 def _check_reduce_args(out, permuted, inv, inv_name: str, weights, weights_name: str, permuted_name: str) -> int:

@@ -1,15 +1,11 @@
 """Baseline files: baselines/<gpu-slug>/<scenario>.json, merged and written atomically (SPEC section 4)."""
 from __future__ import annotations
 
-import contextlib
 import datetime
-import hashlib
 import json
-import os
-import tempfile
 from pathlib import Path
 
-from pytest_moeperf.locks import machine_lock
+from pytest_moeperf import files
 
 SCHEMA = 1
 
@@ -55,16 +51,10 @@ def _rounded(entry: dict) -> dict:
     return out
 
 
-def _locked(path: Path):
-    """Serialise writers of one baseline file on this machine."""
-    return machine_lock("baseline-" + hashlib.sha1(str(path.resolve()).encode()).hexdigest()[:16])
-
-
 def update(path: Path, entries: dict[str, dict], environment: dict, scenario: str) -> None:
     """Write or replace `entries`, keep every other entry, atomically (temp file + rename, under a lock)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with _locked(path):
+    with files.file_lock(path):
         merged = load(path)
         merged.update({k: _rounded(v) for k, v in entries.items()})
         data = {
@@ -74,15 +64,4 @@ def update(path: Path, entries: dict[str, dict], environment: dict, scenario: st
             "updated": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
             "entries": merged,
         }
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        try:
-            with os.fdopen(fd, "w") as fh:
-                json.dump(data, fh, indent=1, sort_keys=True)
-                fh.write("\n")
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
-            raise
+        files.write_json_atomic(path, data)

@@ -22,7 +22,9 @@ class ImplError(ValueError):
     pass
 
 
-def _kernels():
+def load_kernels():
+    """The project's kernels package, imported on first use: TRITON_INTERPRET must be set before (pytest_configure
+    does it on a CPU machine), and the plugin must load where kernels/ is not importable."""
     try:
         import kernels
     except ImportError as e:
@@ -101,7 +103,7 @@ class CustomizedContract(Impl):
         key = (p.M, p.k, p.E, p.n_local, p.hidden.device, p.H, p.hidden.dtype, p.align)
         if self._last_scratch is None or self._last_scratch[0] != key:
             self._last_scratch = None  # free the previous one first
-            self._last_scratch = (key, _kernels().MoEPermuteScratch(p.M, p.k, p.E, p.n_local, p.hidden.device,
+            self._last_scratch = (key, load_kernels().MoEPermuteScratch(p.M, p.k, p.E, p.n_local, p.hidden.device,
                                                                     p.H, p.hidden.dtype, p.align))
         return self._last_scratch[1]
 
@@ -152,7 +154,7 @@ class StandardContract(Impl):
     ops = ("permute", "unpermute", "align")
 
     def __init__(self):
-        k = _kernels()
+        k = load_kernels()
         self.permute, self.reduce, self.align = k._moe_permute, k._moe_unpermute_and_reduce, k.moe_align_block_size
 
     def _expert_rows(self, permuted, expert_per_row, p):
@@ -223,7 +225,7 @@ def build(spec: ImplSpec) -> Impl:
                                   reference.moe_align_block_size)
     if spec.name == "standard":
         return StandardContract()
-    k = _kernels()
+    k = load_kernels()
     if spec.name == "customized":
         return CustomizedContract("customized", k.moe_permute, k.moe_unpermute)
     if spec.name == "customized_scratch":

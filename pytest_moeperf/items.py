@@ -1,11 +1,13 @@
 """Collectors and test items: a scenario file expands to correctness and timing tests of op x impl x dtype x M."""
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
 
 from pytest_moeperf import health, problem, verdict
+from pytest_moeperf.impls import load_kernels
 from pytest_moeperf.report import junit_properties
 from pytest_moeperf.run_state import RUN_KEY
 
@@ -21,7 +23,7 @@ UNSTABLE_SPREAD = 0.2
 class ScenarioFile(pytest.File):
     def collect(self):
         run = self.config.stash[RUN_KEY]
-        for kind in ("correctness", "timing"):
+        for kind in ("correctness", "tuning" if run.tune else "timing"):
             yield Group.from_parent(self, name=kind, entry=run.entries[self.path.resolve()])
 
 
@@ -32,12 +34,14 @@ class Group(pytest.Collector):
 
     def collect(self):
         scenario, impls = self.entry
-        cls = CorrectnessItem if self.name == "correctness" else TimingItem
+        cls = {"correctness": CorrectnessItem, "timing": TimingItem, "tuning": TuneItem}[self.name]
         named = {s.name for s in scenario.impls or ()}
         for op in scenario.ops:
             for impl in impls:
                 if op not in impl.ops:
                     continue
+                if cls is TuneItem and (impl.name != TuneItem.IMPL or op not in load_kernels().tuning.OPS):
+                    continue  # the tuned configs belong to the kernels: one impl that calls them tunes them
                 if cls is TimingItem and impl.name == "torch" and "torch" not in named:
                     continue  # the oracle is timed only on request: it syncs, so it runs eagerly and host-bound
                 for dtype in scenario.dtypes:
@@ -177,3 +181,48 @@ class TimingItem(_Item):
                 break
             m = min(m, timer.measure(calls, self.scenario.timing), key=lambda x: x.spread)
         return m
+
+
+class TuneItem(_Item):
+    """--moeperf-tune: time every config of the kernel's search space for this shape with the CUDA-graph timer (a
+    few samples each), re-time the fastest few as the timing tests do, check the winner against the reference, and
+    hand it to the controller, which writes kernels/configs/."""
+
+    IMPL = "customized"
+    QUICK_SAMPLES = 20
+    FINALISTS = 3
+
+    def runtest(self):
+        timer = self.run_state.timer
+        if timer is None:
+            pytest.skip("tuning needs a CUDA GPU")
+        tuning = load_kernels().tuning
+        p = self.problem()
+        call = self.impl.prepare(self.op, p)
+        with tuning.recording() as read:
+            call()
+        asked = {r for r in read if r.op == self.op}
+        if len(asked) != 1:
+            pytest.skip(f"{self.impl.name} {self.op} reads {len(asked)} tuned configs per call, not one")
+        lookup = asked.pop()
+        space = tuning.search_space(self.op, lookup.H, lookup.M, lookup.k, lookup.elem_bytes)
+        quick = dataclasses.replace(self.scenario.timing, samples=self.QUICK_SAMPLES)
+        with timer.lock():
+            timed = []
+            for config in space:
+                with tuning.forced(config, self.op):
+                    timed.append((timer.measure([call], quick).median, config))
+            finalists = [c for _, c in sorted(timed, key=lambda t: t[0])[:self.FINALISTS]]
+            if space[0] not in finalists:
+                finalists.append(space[0])  # the default, timed as the winner is
+            final = []
+            for config in finalists:
+                with tuning.forced(config, self.op):
+                    final.append((timer.measure([call], self.scenario.timing).median, config))
+        best_us, best = min(final, key=lambda t: t[0])
+        default_us = next(us for us, c in final if c == space[0])
+        with tuning.forced(best, self.op):
+            self.impl.check(self.op, p)
+        result = {"file": lookup.name, "M": self.M, "config": best, "median_us": best_us, "default_us": default_us,
+                  "candidates": len(space), "key": self.key, "scenario": self.scenario.name}
+        self.user_properties.append(("moeperf_tune", json.dumps(result)))

@@ -43,6 +43,9 @@ def pytest_addoption(parser):
     group.addoption("--moeperf-inject-slowdown", type=float, default=None, metavar="FRACTION",
                     help="PROVING THE GATE ONLY: make every timed call slower by this fraction of its baseline "
                          "median (an extra device copy after each call); results are labelled 'injected'")
+    group.addoption("--moeperf-tune", action="store_true", default=False,
+                    help="instead of timing against baselines, time every launch config of the search space per "
+                         "(op, dtype, batch size) and write the fastest to kernels/configs/ (GPU only)")
     group.addoption("--moeperf-json", default=None, metavar="PATH", help="write results and environment as JSON")
     group.addoption("--moeperf-markdown", default=None, metavar="PATH",
                     help="write a markdown summary (also appended to $GITHUB_STEP_SUMMARY when set)")

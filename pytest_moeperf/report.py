@@ -31,6 +31,16 @@ def table(results: list[dict]) -> str:
     return tabulate(rows, headers=COLUMNS, disable_numparse=True)
 
 
+def tuning_table(tuned: list[dict]) -> str:
+    """One row per tuning test: the winner against the default config, both timed as the timing tests time."""
+    rows = [[r["scenario"], r["key"], r["candidates"], _fmt(r["default_us"], ".2f"), _fmt(r["median_us"], ".2f"),
+             _fmt(100 * (r["median_us"] / r["default_us"] - 1), "+.1f"),
+             " ".join(f"{k}={v}" for k, v in sorted(r["config"].items()))]
+            for r in sorted(tuned, key=lambda r: (r["scenario"], r["key"]))]
+    return tabulate(rows, headers=["scenario", "test", "configs", "default us", "tuned us", "change %", "tuned"],
+                    disable_numparse=True)
+
+
 def junit_properties(result: dict) -> list[tuple[str, object]]:
     keys = ("median_us", "iqr_us", "min_us", "gbps", "ceiling_pct", "baseline_median_us", "change_pct", "verdict",
             "mode", "gpu")

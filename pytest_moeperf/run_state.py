@@ -43,6 +43,10 @@ class MoePerfRun:
         if self.inject_slowdown and self.update_baselines:
             raise pytest.UsageError("--moeperf-inject-slowdown cannot be used with --update-baselines: an injected "
                                     "slowdown must never become a baseline")
+        self.tune = opt("moeperf_tune")
+        if self.tune and (self.update_baselines or self.inject_slowdown):
+            raise pytest.UsageError("--moeperf-tune runs alone: tune first, then time and record baselines with the "
+                                    "tuned configs in a second run")
         self.cpu_max_batch = opt("moeperf_cpu_max_batch") or int(config.getini("moeperf_cpu_max_batch") or 64)
         root = opt("moeperf_baselines") or config.getini("moeperf_baselines") or "baselines"
         self.baselines_root = Path(root) if Path(root).is_absolute() else Path(config.rootpath) / root
@@ -55,7 +59,9 @@ class MoePerfRun:
         self.results: list[dict] = []
         self.environments: dict[str, dict] = {}
         self.written: list[tuple[Path, int]] = []
-        self.skipped: dict[str, int] = {}  # "correctness" / "timing" -> tests skipped
+        self.skipped: dict[str, int] = {}  # "correctness" / "timing" / "tuning" -> tests skipped
+        self.tuned: list[dict] = []  # winners of the tuning tests
+        self.tuned_written: list[tuple[Path, int]] = []
 
     @classmethod
     def load(cls, config, paths, device: str, pinned_gpu: str | None) -> "MoePerfRun":
@@ -108,7 +114,7 @@ class MoePerfRun:
     def pytest_runtest_logreport(self, report):
         if report.when != "call":
             return
-        kind = next((k for k in ("timing", "correctness") if f"::{k}::" in report.nodeid), None)
+        kind = next((k for k in ("timing", "correctness", "tuning") if f"::{k}::" in report.nodeid), None)
         if report.skipped and kind:
             self.skipped[kind] = self.skipped.get(kind, 0) + 1
         for name, value in report.user_properties:
@@ -117,9 +123,18 @@ class MoePerfRun:
                 self.results.append(result)
                 if result["gpu"] not in self.environments and result.get("gpu"):
                     self.environments[result["gpu"]] = {}
+            elif name == "moeperf_tune":
+                self.tuned.append(json.loads(value))
 
     def pytest_sessionfinish(self, session):
-        if is_worker(self.config) or not self.results:
+        if is_worker(self.config):
+            return
+        if self.tuned:
+            from pytest_moeperf import tuned  # imports the kernels: only once they are known to be importable
+
+            self.tuned_written, errors = tuned.write_all(self.tuned)
+            self._report_errors(session, errors)
+        if not self.results:
             return
         if self.timer is not None:
             self.environments[self.gpu_slug] = self.timer.environment()
@@ -133,6 +148,9 @@ class MoePerfRun:
             from pytest_moeperf import plots
 
             self.plots = plots.write(self.plot_dir, self.results)
+        self._report_errors(session, errors)
+
+    def _report_errors(self, session, errors: list[str]) -> None:
         if errors:
             tr = self.config.pluginmanager.get_plugin("terminalreporter")
             for e in errors:
@@ -169,6 +187,12 @@ class MoePerfRun:
                 tr.write_line(line)
         for path, n in self.written:
             tr.write_line(f"pytest-moeperf: wrote {n} baseline entries to {path}")
+        if self.tuned:
+            tr.section("pytest-moeperf tuning")
+            for line in report.tuning_table(self.tuned).splitlines():
+                tr.write_line(line)
+        for path, n in self.tuned_written:
+            tr.write_line(f"pytest-moeperf: wrote {n} tuned configs to {path}")
         if self.plots:
             tr.write_line(f"pytest-moeperf: wrote {len(self.plots)} plots to {self.plot_dir}")
         if self.timer is None:

@@ -431,3 +431,62 @@ def test_a_measurement_that_stays_spread_out_is_not_counted(env, monkeypatch):
     result.assert_outcomes(passed=6)
     verdicts = {r["verdict"] for r in json.loads((env.path / "o.json").read_text())["results"]}
     assert all(v.startswith("regression (not counted: timing unstable, IQR") for v in verdicts)
+
+
+TUNE_TIMER = FAKE_TIMER + '''
+from kernels import tuning
+FAST = {"BLOCK_T": 1, "BLOCK_H": 64, "num_warps": 2}
+_orig = FakeTimer.measure
+def measure(self, calls, cfg):
+    m = _orig(self, calls, cfg)
+    forced = [c for _, c in tuning._forced]
+    if forced and forced[-1] == FAST:  # the fake GPU runs this config 20% faster than any other
+        m = Measurement([0.8 * s for s in m.samples_us], m.mode, m.invocations, m.input_sets)
+    return m
+FakeTimer.measure = measure
+'''
+
+
+def test_tuning_writes_the_fastest_config_per_batch_size_and_the_kernels_read_it(env, monkeypatch, tmp_path):
+    from kernels import tuning
+
+    monkeypatch.setattr(tuning, "CONFIG_DIR", tmp_path / "configs")
+    tuning.load_table.cache_clear()
+    name = "permute,E=8,H=64,k=2,dtype=bfloat16,device_name=cpu.json"
+    kept = {"BLOCK_H": 32, "BLOCK_T": 4, "num_warps": 2}
+    (tmp_path / "configs").mkdir()
+    (tmp_path / "configs" / name).write_text(json.dumps({"triton": "old", "configs": {"64": kept}}))
+    env.makefile(".yaml", small=SMALL)
+    env.makeconftest(TUNE_TIMER)
+    result = run_timed(env, "--moeperf-tune", "-k", "tuning or correctness")
+    result.assert_outcomes(passed=10 + 2)  # the correctness tests, and permute of `customized` at M = 1 and 3
+    result.stdout.fnmatch_lines(["*pytest-moeperf tuning*", "*permute[[]customized-bf16-M1[]]* -1*BLOCK_H=64 "
+                                 "BLOCK_T=1 num_warps=2*", f"*wrote 2 tuned configs to *{name}*"])
+    fast = {"BLOCK_H": 64, "BLOCK_T": 1, "num_warps": 2}
+    data = json.loads((tmp_path / "configs" / name).read_text())
+    assert list(data["configs"]) == ["1", "3", "64"]  # merged with what was there, by batch size
+    assert data["configs"] == {"1": fast, "3": fast, "64": kept}
+    assert data["triton"] != "old"
+    cpu = torch.device("cpu")
+    assert tuning.launch_config("permute", 2, 64, 2, torch.bfloat16, cpu, E=8) == fast
+    assert tuning.launch_config("permute", 50, 64, 2, torch.bfloat16, cpu, E=8) == kept
+
+
+def test_tuning_runs_alone(env):
+    env.makefile(".yaml", small=SMALL)
+    env.makeconftest(FAKE_TIMER)
+    result = env.runpytest("--moeperf", "small.yaml", "--moeperf-tune", "--update-baselines")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    assert any("--moeperf-tune runs alone" in line for line in result.errlines)
+
+
+def test_loading_the_plugin_does_not_import_the_kernels():
+    # triton.jit reads TRITON_INTERPRET when the kernels are imported; pytest_configure sets it on a CPU machine,
+    # so nothing the plugin loads before that may import them
+    import subprocess
+    import sys
+
+    code = ("import sys, pytest_moeperf.plugin, pytest_moeperf.items, pytest_moeperf.run_state; "
+            "print('kernels' in sys.modules)")
+    done = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "False"

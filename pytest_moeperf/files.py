@@ -1,0 +1,34 @@
+"""Writing shared JSON files (baselines, tuned configs) safely: one writer at a time per file on this machine, and a
+reader sees the old file or the new one, never a part (temporary file, fsync, rename)."""
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import tempfile
+from pathlib import Path
+
+from pytest_moeperf.locks import machine_lock
+
+
+def file_lock(path: Path):
+    """Serialise the writers of one file on this machine."""
+    return machine_lock("file-" + hashlib.sha1(str(Path(path).resolve()).encode()).hexdigest()[:16])
+
+
+def write_json_atomic(path: Path, data: dict, sort_keys: bool = True) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as fh:
+            json.dump(data, fh, indent=1, sort_keys=sort_keys)
+            fh.write("\n")
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise

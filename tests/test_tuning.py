@@ -1,0 +1,109 @@
+"""Tunable launch parameters (kernels/tuning.py): search space, config files, and the kernels run with other configs."""
+import json
+
+import pytest
+import torch
+
+import kernels
+from kernels import tuning
+from kernels._launch import next_pow2
+from pytest_moeperf import compare, reference
+from tests.cases import Case, make_inputs
+
+
+@pytest.fixture
+def config_dir(tmp_path, monkeypatch):
+    monkeypatch.setattr(tuning, "CONFIG_DIR", tmp_path)
+    tuning.load_table.cache_clear()
+    yield tmp_path
+    tuning.load_table.cache_clear()
+
+
+def write_configs(folder, name, table):
+    (folder / name).write_text(json.dumps({"triton": "test", "configs": table}))
+
+
+@pytest.mark.parametrize("op, H, M, k, elem", [("permute", 4096, 64, 2, 2), ("permute", 7168, 1, 8, 1),
+                                               ("unpermute", 4096, 4096, 8, 2), ("permute", 96, 3, 6, 4)])
+def test_the_search_space_holds_the_default_first_and_only_configs_that_can_run(op, H, M, k, elem):
+    space = tuning.search_space(op, H, M, k, elem)
+    assert space[0] == tuning.default_config(H, M, elem)
+    assert len(space) > 1 and len({tuple(c.values()) for c in space}) == len(space)
+    for c in space[1:]:
+        assert tuning.problem_with(c, op, H, k, elem) is None
+        assert c["BLOCK_T"] <= next_pow2(M)
+
+
+@pytest.mark.parametrize("config, words", [
+    ({"BLOCK_T": 3, "BLOCK_H": 256, "num_warps": 4}, "BLOCK_T must be a power of two"),
+    ({"BLOCK_T": 1, "BLOCK_H": 8192, "num_warps": 4}, "wider than the row"),
+    ({"BLOCK_T": 16, "BLOCK_H": 4096, "num_warps": 4}, "over 32768 bytes"),
+    ({"BLOCK_T": 1, "BLOCK_H": 256, "num_warps": 16}, "does not fit a tile of 256"),
+    ({"BLOCK_T": 32, "BLOCK_H": 256, "num_warps": 4}, "over the 128 one program ranks"),
+    ({"BLOCK_T": 1, "BLOCK_H": 256}, "exactly the keys"),
+])
+def test_configs_that_cannot_run_are_refused_with_the_reason(config, words):
+    assert words in tuning.problem_with(config, "permute", 4096, 8, 2)
+
+
+def test_a_call_takes_the_entry_of_the_nearest_batch_size(config_dir):
+    name = tuning.config_name("permute", 4096, 2, torch.bfloat16, "cpu", E=8)
+    assert name == "permute,E=8,H=4096,k=2,dtype=bfloat16,device_name=cpu.json"
+    small = {"BLOCK_T": 1, "BLOCK_H": 1024, "num_warps": 2}
+    large = {"BLOCK_T": 4, "BLOCK_H": 2048, "num_warps": 8}
+    write_configs(config_dir, name, {"1": small, "256": large})
+    get = lambda M: tuning.launch_config("permute", M, 4096, 2, torch.bfloat16, torch.device("cpu"), E=8)  # noqa
+    assert get(1) == small and get(100) == small and get(200) == large and get(10_000) == large
+    # another shape, dtype or GPU has no file: the defaults
+    assert tuning.launch_config("permute", 64, 4096, 2, torch.float16, torch.device("cpu"), E=8) == \
+        tuning.default_config(4096, 64, 2)
+    assert tuning.launch_config("unpermute", 64, 4096, 2, torch.bfloat16, torch.device("cpu")) == \
+        tuning.default_config(4096, 64, 2)
+    with tuning.forced(large, "permute"):
+        assert get(1) == large
+        assert tuning.launch_config("unpermute", 1, 4096, 2, torch.bfloat16, torch.device("cpu")) == \
+            tuning.default_config(4096, 1, 2)
+
+
+@pytest.mark.parametrize("content, words", [
+    ("{not json", "is unreadable"),
+    (json.dumps({"configs": {"x": {}}}), "is unreadable"),
+    (json.dumps({"configs": {"8": {"BLOCK_T": 1}}}), "batch size 8: needs exactly"),
+    (json.dumps({"configs": {"8": {"BLOCK_T": 1, "BLOCK_H": 131072, "num_warps": 4}}}), "wider than the row"),
+])
+def test_a_bad_config_file_is_an_error_that_names_it(config_dir, content, words):
+    name = tuning.config_name("unpermute", 64, 2, torch.float32, "cpu")
+    (config_dir / name).write_text(content)
+    with pytest.raises(tuning.ConfigError, match=words) as e:
+        tuning.launch_config("unpermute", 8, 64, 2, torch.float32, torch.device("cpu"))
+    assert name in str(e.value)
+
+
+# Small rows: under the Triton interpreter every program costs, and the narrowest configs split a row into 64.
+CASES = [Case(33, 2, 8, 160, "bf16", align=16, scale="token"), Case(40, 6, 60, 131, "fp32", ep=(2, 1)),
+         Case(17, 2, 8, 256, "fp8", align=128, scale="block")]
+
+
+@pytest.mark.parametrize("pick", ["narrowest", "middle", "widest"])
+@pytest.mark.parametrize("case", CASES, ids=lambda c: c.id)
+def test_kernels_are_exact_with_configs_of_the_search_space(case, pick, device):
+    def chosen(op, elem_bytes):
+        space = tuning.search_space(op, case.H, case.M, case.k, elem_bytes)[1:]
+        return {"narrowest": space[0], "middle": space[len(space) // 2], "widest": space[-1]}[pick]
+
+    hidden, scale, ids, weights, emap = make_inputs(case, device, salt="tuning")
+    with tuning.forced(chosen("permute", hidden.element_size()), "permute"):
+        got = kernels.moe_permute(hidden, scale, ids, case.E, case.n_local, emap, case.align, case.fill)
+    want = reference.moe_permute(hidden, scale, ids, case.E, case.n_local, emap, case.align, case.fill)
+    local = reference.local_expert_of_routes(ids, case.E, emap)
+    compare.assert_permute_matches(got, want, hidden, scale, ids, local)
+
+    # unpermute: close to the reference, and bit-identical to the default config (tiling must not change the sums)
+    expert_out = got[0] if case.dtype != "fp8" else got[0].to(torch.bfloat16)
+    out, ref, default = (torch.empty(case.M, case.H, dtype=expert_out.dtype, device=device) for _ in range(3))
+    with tuning.forced(chosen("unpermute", expert_out.element_size()), "unpermute"):
+        kernels.moe_unpermute(out, expert_out, weights, got[3], got[2])
+    reference.moe_unpermute(ref, expert_out, weights, got[3], got[2])
+    compare.assert_close("unpermuted", out, ref)
+    kernels.moe_unpermute(default, expert_out, weights, got[3], got[2])
+    compare.assert_equal("unpermuted, tuned vs default config", out, default)
