@@ -3,12 +3,14 @@ timer with warm and cold L2, with kernel launches per call counted by the PyTorc
 
     python benchmarks/kernel_speed.py [scenarios/mixtral.yaml scenarios/deepseek-v3.yaml] [--batch-sizes 1,64,4096]
         [--l2 warm,cold] [--impls customized,customized_scratch,standard,torch] [--ops ...] [--dtypes ...]
-        [--markdown F] [--json F]
+        [--markdown F] [--json F] [--compare-default]
 
 GPU only. Per row: median us, GB/s (SPEC 3 payload bytes over the median), % of the device-copy ceiling measured in
 the same process, launches per call (kernels, memsets and copies the profiler saw during one eager call) and
 their summed duration ("kernel us": the median minus it is launch overhead and gaps).
 Correctness is checked against the torch reference before a row is timed; a failing row is reported, not timed.
+Rows use the tuned launch configs of kernels/configs/ where there are some; --compare-default also times each row
+with the built-in defaults ("default us") and gives tuned / default.
 """
 from __future__ import annotations
 
@@ -24,6 +26,7 @@ import triton
 from tabulate import tabulate
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from kernels import tuning  # noqa: E402
 from pytest_moeperf import impls, problem, scenario, timing  # noqa: E402
 
 DEFAULT_SCENARIOS = ("scenarios/mixtral.yaml", "scenarios/deepseek-v3.yaml")
@@ -31,6 +34,7 @@ DEFAULT_BATCHES = (1, 8, 64, 256, 1024, 4096, 16384)
 DEFAULT_IMPLS = ("customized", "customized_scratch", "standard", "torch")
 HEADERS = ["scenario", "dtype", "op", "impl", "M", "L2", "median us", "IQR us", "GB/s", "% ceiling", "launches",
            "kernel us", "mode"]
+COMPARE_HEADERS = ["default us", "tuned / default"]
 
 
 def profile_call(call) -> tuple[int, float]:
@@ -45,7 +49,7 @@ def profile_call(call) -> tuple[int, float]:
     return len(events), sum(getattr(e, "device_time", None) or e.cuda_time for e in events)
 
 
-def bench_row(sc, impl, op, dtype, M, l2, ceiling, device) -> list:
+def bench_row(sc, impl, op, dtype, M, l2, ceiling, device, compare_default=False) -> list:
     first = problem.build(sc, dtype, M, device)
     head = [sc.name, dtype, op, impl.name, M, l2]
     try:
@@ -62,8 +66,13 @@ def bench_row(sc, impl, op, dtype, M, l2, ceiling, device) -> list:
     gbps = payload / m.median / 1e3
     pct = "" if op == "align" else f"{100 * gbps / ceiling:.1f}"
     launches, busy_us = profile_call(calls[0])
-    return head + [f"{m.median:.2f}", f"{m.iqr:.2f}", f"{gbps:.0f}", pct, launches, f"{busy_us:.2f}",
-                   m.mode + (f" x{sets} sets" if sets > 1 else "")]
+    row = head + [f"{m.median:.2f}", f"{m.iqr:.2f}", f"{gbps:.0f}", pct, launches, f"{busy_us:.2f}",
+                  m.mode + (f" x{sets} sets" if sets > 1 else "")]
+    if compare_default:
+        with tuning.configs_from(Path("/nonexistent")):
+            default = timing.measure(calls, dataclasses.replace(sc.timing, l2=l2))
+        row += [f"{default.median:.2f}", f"{m.median / default.median:.3f}"]
+    return row
 
 
 def main(argv=None) -> int:
@@ -76,6 +85,8 @@ def main(argv=None) -> int:
     ap.add_argument("--dtypes", help="only these dtype modes of the scenarios (default: all of each)")
     ap.add_argument("--markdown", type=Path, help="also write the table as markdown here")
     ap.add_argument("--json", type=Path, help="also write the rows as JSON here")
+    ap.add_argument("--compare-default", action="store_true",
+                    help="also time each row with the built-in launch configs instead of the tuned ones")
     args = ap.parse_args(argv)
     if not torch.cuda.is_available():
         print("kernel_speed.py needs a CUDA GPU", file=sys.stderr)
@@ -93,16 +104,18 @@ def main(argv=None) -> int:
                 for impl in [i for i in built.values() if op in i.ops]:
                     for M in batches:
                         for l2 in args.l2.split(","):
-                            rows.append(bench_row(sc, impl, op, sc.resolve_dtype(dtype), M, l2, ceiling, device))
+                            rows.append(bench_row(sc, impl, op, sc.resolve_dtype(dtype), M, l2, ceiling, device,
+                                                  args.compare_default))
                             print(" | ".join(map(str, rows[-1])), flush=True)
     title = (f"{datetime.date.today()}, {torch.cuda.get_device_name(device)}, torch {torch.__version__}, "
              f"triton {triton.__version__}, copy ceiling {ceiling:.0f} GB/s")
+    headers = HEADERS + (COMPARE_HEADERS if args.compare_default else [])
     print(title)
-    print(tabulate(rows, headers=HEADERS))
+    print(tabulate(rows, headers=headers))
     if args.markdown:
-        args.markdown.write_text(f"{title}\n\n{tabulate(rows, headers=HEADERS, tablefmt='github')}\n")
+        args.markdown.write_text(f"{title}\n\n{tabulate(rows, headers=headers, tablefmt='github')}\n")
     if args.json:
-        args.json.write_text(json.dumps({"title": title, "headers": HEADERS, "rows": rows}, indent=1))
+        args.json.write_text(json.dumps({"title": title, "headers": headers, "rows": rows}, indent=1))
     return 0
 
 

@@ -107,6 +107,21 @@ def load_table(path: Path) -> dict[int, dict]:
     return table
 
 
+@contextlib.contextmanager
+def configs_from(folder: Path):
+    """Calls made inside read tuned configs from `folder` instead of kernels/configs/ (an empty or missing folder:
+    the defaults)."""
+    global CONFIG_DIR
+    saved = CONFIG_DIR
+    CONFIG_DIR = Path(folder)
+    load_table.cache_clear()
+    try:
+        yield
+    finally:
+        CONFIG_DIR = saved
+        load_table.cache_clear()
+
+
 class Lookup(typing.NamedTuple):
     """What a call asked for: its op, shape and element size, and the config file name that answers it."""
     name: str

@@ -447,15 +447,21 @@ FakeTimer.measure = measure
 '''
 
 
-def test_tuning_writes_the_fastest_config_per_batch_size_and_the_kernels_read_it(env, monkeypatch, tmp_path):
+@pytest.fixture
+def configs(tmp_path):
     from kernels import tuning
 
-    monkeypatch.setattr(tuning, "CONFIG_DIR", tmp_path / "configs")
-    tuning.load_table.cache_clear()
+    with tuning.configs_from(tmp_path / "configs"):
+        yield tmp_path / "configs"
+
+
+def test_tuning_writes_the_fastest_config_per_batch_size_and_the_kernels_read_it(env, configs):
+    from kernels import tuning
+
     name = "permute,E=8,H=64,k=2,dtype=bfloat16,device_name=cpu.json"
     kept = {"BLOCK_H": 32, "BLOCK_T": 4, "num_warps": 2}
-    (tmp_path / "configs").mkdir()
-    (tmp_path / "configs" / name).write_text(json.dumps({"triton": "old", "configs": {"64": kept}}))
+    configs.mkdir()
+    (configs / name).write_text(json.dumps({"triton": "old", "configs": {"64": kept}}))
     env.makefile(".yaml", small=SMALL)
     env.makeconftest(TUNE_TIMER)
     result = run_timed(env, "--moeperf-tune", "-k", "tuning or correctness")
@@ -463,7 +469,7 @@ def test_tuning_writes_the_fastest_config_per_batch_size_and_the_kernels_read_it
     result.stdout.fnmatch_lines(["*pytest-moeperf tuning*", "*permute[[]customized-bf16-M1[]]* -1*BLOCK_H=64 "
                                  "BLOCK_T=1 num_warps=2*", f"*wrote 2 tuned configs to *{name}*"])
     fast = {"BLOCK_H": 64, "BLOCK_T": 1, "num_warps": 2}
-    data = json.loads((tmp_path / "configs" / name).read_text())
+    data = json.loads((configs / name).read_text())
     assert list(data["configs"]) == ["1", "3", "64"]  # merged with what was there, by batch size
     assert data["configs"] == {"1": fast, "3": fast, "64": kept}
     assert data["triton"] != "old"

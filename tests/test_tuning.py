@@ -12,11 +12,9 @@ from tests.cases import Case, make_inputs
 
 
 @pytest.fixture
-def config_dir(tmp_path, monkeypatch):
-    monkeypatch.setattr(tuning, "CONFIG_DIR", tmp_path)
-    tuning.load_table.cache_clear()
-    yield tmp_path
-    tuning.load_table.cache_clear()
+def config_dir(tmp_path):
+    with tuning.configs_from(tmp_path):
+        yield tmp_path
 
 
 def write_configs(folder, name, table):
