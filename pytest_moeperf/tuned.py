@@ -18,7 +18,7 @@ def merge(folder: Path, name: str, winners: dict[int, dict]) -> Path:
         table = {}
         if path.exists():
             tuning.load_table.cache_clear()
-            table = tuning.load_table(path)  # raises tuning.ConfigError for a malformed file
+            table = dict(tuning.load_table(path))  # raises tuning.ConfigError for a malformed file
         table.update(winners)
         data = {"triton": triton.__version__,
                 "configs": {str(m): {key: table[m][key] for key in sorted(table[m])} for m in sorted(table)}}

@@ -105,3 +105,17 @@ def test_kernels_are_exact_with_configs_of_the_search_space(case, pick, device):
     compare.assert_close("unpermuted", out, ref)
     kernels.moe_unpermute(default, expert_out, weights, got[3], got[2])
     compare.assert_equal("unpermuted, tuned vs default config", out, default)
+
+
+def test_merging_keeps_other_entries_and_never_overwrites_an_unreadable_file(config_dir):
+    from pytest_moeperf import tuned
+
+    a = {"BLOCK_T": 1, "BLOCK_H": 64, "num_warps": 2}
+    b = {"BLOCK_T": 2, "BLOCK_H": 32, "num_warps": 2}
+    write_configs(config_dir, "x.json", {"16": a, "2": a})
+    tuned.merge(config_dir, "x.json", {2: b, 100: b})
+    data = json.loads((config_dir / "x.json").read_text())
+    assert data["configs"] == {"2": b, "16": a, "100": b} and list(data["configs"]) == ["2", "16", "100"]
+    (config_dir / "bad.json").write_text("{oops")
+    written, errors = tuned.write_all([{"file": "bad.json", "M": 1, "config": a}])
+    assert written == [] and "bad.json" in errors[0] and (config_dir / "bad.json").read_text() == "{oops"
