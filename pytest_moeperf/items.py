@@ -208,10 +208,15 @@ class TuneItem(_Item):
         space = tuning.search_space(self.op, lookup.H, lookup.M, lookup.k, lookup.elem_bytes)
         quick = dataclasses.replace(self.scenario.timing, samples=self.QUICK_SAMPLES)
         with timer.lock():
-            timed = []
+            timed, failed = [], []
             for config in space:
-                with tuning.forced(config, self.op):
-                    timed.append((timer.measure([call], quick).median, config))
+                try:
+                    with tuning.forced(config, self.op):
+                        timed.append((timer.measure([call], quick).median, config))
+                except Exception as e:  # a candidate Triton cannot compile or launch here: leave it out, say so
+                    if config == space[0]:
+                        raise
+                    failed.append(f"{config}: {type(e).__name__}: {str(e).splitlines()[0][:120]}")
             finalists = [c for _, c in sorted(timed, key=lambda t: t[0])[:self.FINALISTS]]
             if space[0] not in finalists:
                 finalists.append(space[0])  # the default, timed as the winner is
@@ -224,5 +229,5 @@ class TuneItem(_Item):
         with tuning.forced(best, self.op):
             self.impl.check(self.op, p)
         result = {"file": lookup.name, "M": self.M, "config": best, "median_us": best_us, "default_us": default_us,
-                  "candidates": len(space), "key": self.key, "scenario": self.scenario.name}
+                  "candidates": len(space), "failed": failed, "key": self.key, "scenario": self.scenario.name}
         self.user_properties.append(("moeperf_tune", json.dumps(result)))

@@ -33,7 +33,8 @@ def table(results: list[dict]) -> str:
 
 def tuning_table(tuned: list[dict]) -> str:
     """One row per tuning test: the winner against the default config, both timed as the timing tests time."""
-    rows = [[r["scenario"], r["key"], r["candidates"], _fmt(r["default_us"], ".2f"), _fmt(r["median_us"], ".2f"),
+    rows = [[r["scenario"], r["key"], f"{r['candidates']}" + (f" ({len(r['failed'])} failed)" if r["failed"] else ""),
+             _fmt(r["default_us"], ".2f"), _fmt(r["median_us"], ".2f"),
              _fmt(100 * (r["median_us"] / r["default_us"] - 1), "+.1f"),
              " ".join(f"{k}={v}" for k, v in sorted(r["config"].items()))]
             for r in sorted(tuned, key=lambda r: (r["scenario"], r["key"]))]

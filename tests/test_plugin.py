@@ -436,10 +436,13 @@ def test_a_measurement_that_stays_spread_out_is_not_counted(env, monkeypatch):
 TUNE_TIMER = FAKE_TIMER + '''
 from kernels import tuning
 FAST = {"BLOCK_T": 1, "BLOCK_H": 64, "num_warps": 2}
+BROKEN = {"BLOCK_T": 2, "BLOCK_H": 64, "num_warps": 2}  # as if Triton could not compile it
 _orig = FakeTimer.measure
 def measure(self, calls, cfg):
-    m = _orig(self, calls, cfg)
     forced = [c for _, c in tuning._forced]
+    if forced and forced[-1] == BROKEN:
+        raise ValueError("out of resources")
+    m = _orig(self, calls, cfg)
     if forced and forced[-1] == FAST:  # the fake GPU runs this config 20% faster than any other
         m = Measurement([0.8 * s for s in m.samples_us], m.mode, m.invocations, m.input_sets)
     return m
@@ -466,7 +469,8 @@ def test_tuning_writes_the_fastest_config_per_batch_size_and_the_kernels_read_it
     env.makeconftest(TUNE_TIMER)
     result = run_timed(env, "--moeperf-tune", "-k", "tuning or correctness")
     result.assert_outcomes(passed=10 + 2)  # the correctness tests, and permute of `customized` at M = 1 and 3
-    result.stdout.fnmatch_lines(["*pytest-moeperf tuning*", "*permute[[]customized-bf16-M1[]]* -1*BLOCK_H=64 "
+    result.stdout.fnmatch_lines(["*pytest-moeperf tuning*", "*permute[[]customized-bf16-M1[]]*  2  *BLOCK_H=64 "
+                                 "BLOCK_T=1 num_warps=2*", "*permute[[]customized-bf16-M3[]]*(1 failed)*BLOCK_H=64 "
                                  "BLOCK_T=1 num_warps=2*", f"*wrote 2 tuned configs to *{name}*"])
     fast = {"BLOCK_H": 64, "BLOCK_T": 1, "num_warps": 2}
     data = json.loads((configs / name).read_text())
