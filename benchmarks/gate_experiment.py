@@ -3,6 +3,7 @@
     python benchmarks/gate_experiment.py [scenarios/mixtral.yaml scenarios/deepseek-v3.yaml] [--record]
         [--baselines DIR] [--rounds 3] [--inject 0.05,0.1,0.2] [-k EXPR] [--out DIR]
         [--sweep-thresholds 0.03,0.04,0.05] [--sweep-floors 0.25,0.35,0.5] [--summarize] [--budget-s S]
+        [--drop-impls NAMES]
 
 Without --record it judges against the committed baselines (the "fresh machine" case: run it on a GPU that did not
 record them). With --record it first records baselines into --baselines (a scratch folder, default
@@ -89,13 +90,17 @@ def baseline_lookup(root: Path):
 
 
 def summarize(out: Path, clean, injected, baseline_of, args, source: str) -> None:
+    drop = set(args.drop_impls.split(",")) if args.drop_impls else set()
+    clean = [[r for r in run if r["impl"] not in drop] for run in clean]
+    injected = {f: [[r for r in run if r["impl"] not in drop] for run in runs] for f, runs in injected.items()}
     summary = {"false_alarms": gate_stats.false_alarms(clean),
                "detection": gate_stats.detection(injected, clean),
                "ratio_spread": gate_stats.ratio_spread(clean, baseline_of),
                "sweep": gate_stats.sweep(clean, injected, baseline_of, floats(args.sweep_thresholds),
                                          floats(args.sweep_floors)),
                "gpu_uuids": sorted({r["gpu_uuid"] for run in clean for r in run}),
-               "scenarios": args.scenarios, "select": args.select, "baselines": source}
+               "scenarios": args.scenarios, "select": args.select, "dropped_impls": sorted(drop),
+               "baselines": source}
     (out / "summary.json").write_text(json.dumps(summary, indent=1))
     print(f"\n{len(clean)} rounds on {', '.join(summary['gpu_uuids'])}, baselines: {source}")
     for name, rows in (("false alarms per clean run (A/A)", summary["false_alarms"]),
@@ -119,6 +124,8 @@ def main(argv=None) -> int:
     ap.add_argument("--sweep-thresholds", default="0.03,0.04,0.05")
     ap.add_argument("--sweep-floors", default="0.25,0.35,0.5")
     ap.add_argument("--summarize", action="store_true", help="only summarize the reports already in --out")
+    ap.add_argument("--drop-impls", help="leave these implementations' results out of the summary (comma-separated; "
+                                         "e.g. ones whose baselines are known to be stale)")
     ap.add_argument("--budget-s", type=float, help="start no run that would likely end after this many seconds")
     args = ap.parse_args(argv)
     out = args.out.resolve()

@@ -61,3 +61,33 @@ def test_the_sweep_rejudges_with_each_threshold_and_floor():
     assert got[(0.04, 0.3)]["false alarms"] == 0  # 0.3 us is 15% of 2 us
     assert got[(0.04, 0.3)]["0.05 >= 10 us"] == 1.0 and got[(0.04, 0.3)]["0.05 < 10 us"] == 0.0
     assert got[(0.06, 0.0)]["0.05 >= 10 us"] == 0.0 and got[(0.06, 0.0)]["false alarms"] == 0
+
+
+def test_the_experiment_summarizes_reports_already_on_disk(tmp_path):
+    """benchmarks/gate_experiment.py --summarize: reads whole rounds only, leaves out --drop-impls, writes summary."""
+    import importlib.util
+    import json
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "gate_experiment.py"
+    spec = importlib.util.spec_from_file_location("gate_experiment", script)
+    experiment = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(experiment)
+
+    def report(name, rows):
+        full = [dict(result(v, m, b, key), impl=impl, gpu="G", gpu_uuid="u1") for v, m, b, key, impl in rows]
+        (tmp_path / name).write_text(json.dumps({"results": full}))
+
+    report("clean-1.json", [("pass", 20.0, 20.0, "a", "mine"), ("regression", 5.0, 4.0, "b", "stale")])
+    report("inject-0.1-1.json", [("regression (injected +10%)", 22.0, 20.0, "a", "mine"),
+                                 ("pass", 5.5, 4.0, "b", "stale")])
+    report("clean-2.json", [("pass", 20.0, 20.0, "a", "mine")])  # round 2 has no injected run: not counted
+    bases = tmp_path / "baselines" / "G"
+    bases.mkdir(parents=True)
+    (bases / "s.json").write_text(json.dumps({"schema": 1, "entries": {"a": baseline(20.0), "b": baseline(4.0)}}))
+    assert experiment.main(["--summarize", "--out", str(tmp_path), "--baselines", str(tmp_path / "baselines"),
+                            "--inject", "0.1", "--drop-impls", "stale"]) == 0
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["false_alarms"] == [{"run": 1, "tests": 1, "flagged": 0, "excused": 0, "rate": 0.0}]
+    assert [(d["kernels"], d["tests"], d["flagged"]) for d in summary["detection"]] == [(">= 10 us", 1, 1)]
+    assert summary["dropped_impls"] == ["stale"] and summary["gpu_uuids"] == ["u1"]
