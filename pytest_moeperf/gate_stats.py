@@ -113,18 +113,20 @@ def sweep(clean_runs: list[list[dict]], injected_runs: dict[float, list[list[dic
           baseline_of: Callable[[dict], dict | None], thresholds: list[float], floors: list[float]) -> list[dict]:
     """False-alarm rate of the clean runs and detection rate per injected fraction and duration class, re-judged
     offline for each threshold and noise floor: how the defaults were chosen."""
+    clean = [r for run in clean_runs for r in _judged(run)]
+    slowed: dict[str, list[dict]] = {}  # "<fraction> <duration class>" -> results
+    for fraction, runs in sorted(injected_runs.items()):
+        for cls in (f"< {LONG_KERNEL_US:g} us", f">= {LONG_KERNEL_US:g} us"):
+            rs = [r for run in runs for r in _judged(run) if duration_class(r) == cls]
+            if rs:
+                slowed[f"{fraction:g} {cls}"] = rs
     rows = []
     for threshold in thresholds:
         for floor in floors:
-            clean = [r for run in clean_runs for r in _judged(run)]
             alarms = sum(rejudged(r, baseline_of(r), threshold, floor) for r in clean)
             row = {"threshold": threshold, "floor us": floor, "false alarms": alarms,
                    "alarm rate": alarms / len(clean) if clean else None}
-            for fraction, runs in sorted(injected_runs.items()):
-                for cls in (f"< {LONG_KERNEL_US:g} us", f">= {LONG_KERNEL_US:g} us"):
-                    rs = [r for run in runs for r in _judged(run) if duration_class(r) == cls]
-                    if rs:
-                        hits = sum(rejudged(r, baseline_of(r), threshold, floor) for r in rs)
-                        row[f"{fraction:g} {cls}"] = hits / len(rs)
+            for column, rs in slowed.items():
+                row[column] = sum(rejudged(r, baseline_of(r), threshold, floor) for r in rs) / len(rs)
             rows.append(row)
     return rows
