@@ -15,6 +15,11 @@ deterministic. Two ways to get there:
 
 The slots no route owns: each bucket's padding is written by the route that ends the bucket (write_padding), the
 tail [V, P) by fill_tail, spread over the programs.
+
+The per-bucket counts above are as wide as the number of experts (512 columns for 256 experts), and on a small batch
+their histograms, prefix sum and gathers, not the rows, are most of a program's time. Batches of up to
+pair_routes() routes therefore skip them (pair_sizes, pair_rows, pair_offsets): a route's row is found by comparing
+it with every other route, so nothing is wider than the batch and the cost does not grow with the experts.
 """
 import triton
 import triton.language as tl
@@ -39,7 +44,8 @@ def route_bucket(topk_ptr, map_ptr, r, valid, E, NB, HAS_MAP: tl.constexpr):
 
 @triton.jit
 def bucket_counts(topk_ptr, map_ptr, R, E, NB, lo, HAS_MAP: tl.constexpr, W: tl.constexpr, CH: tl.constexpr):
-    """(routes of each bucket among all R routes, among the routes r < lo)."""
+    """(routes of each bucket among all R routes, among the routes r < lo). Each chunk of routes is counted once:
+    counting every chunk for both sums cost a fused permute over 256 experts ~1 us more on an H100."""
     lo = tl.minimum(lo, R)
     before = tl.zeros([W], dtype=tl.int32)
     for c0 in range(0, lo, CH):
@@ -73,6 +79,40 @@ def place_routes(bucket, valid, run, W: tl.constexpr, SUB: tl.constexpr):
     rank = tl.sum(earlier_same.to(tl.int32), axis=1)
     row = tl.gather(run, bucket, 0) + rank
     return row, run + tl.histogram(bucket, W, mask=valid)
+
+
+@triton.jit
+def pair_sizes(topk_ptr, map_ptr, R, E, NB, ROUND, HAS_MAP: tl.constexpr, RP: tl.constexpr):
+    """For a batch of R <= RP routes: (bucket of each route j < RP, the rounded size of that bucket if j is its
+    first route else 0, V = rows of the real buckets). Slots j >= R count as dropped. One RP x RP square, no loop."""
+    j = tl.arange(0, RP)
+    bj = route_bucket(topk_ptr, map_ptr, j, j < R, E, NB, HAS_MAP)
+    same = route_bucket(topk_ptr, map_ptr, j, j < R, E, NB, HAS_MAP)[:, None] == bj[None, :]
+    count = tl.sum(same.to(tl.int32), axis=0)
+    earlier = tl.sum((same & (j[:, None] < j[None, :])).to(tl.int32), axis=0)
+    size = tl.where((earlier == 0) & (bj < NB), (count + ROUND - 1) // ROUND * ROUND, 0)
+    return bj, size, tl.sum(size, axis=0)
+
+
+@triton.jit
+def pair_rows(bj, size, bucket, r, ROUND, RP: tl.constexpr):
+    """(row, end of the bucket's routes, its padding slots) of routes r in `bucket`, from pair_sizes: the sizes of
+    the buckets below plus the routes of the same bucket before r. Dropped routes (bucket NB) start at V."""
+    j = tl.arange(0, RP)
+    mine = bj[None, :] == bucket[:, None]
+    start = tl.sum(tl.where(bj[None, :] < bucket[:, None], size[None, :], 0), axis=1)
+    count = tl.sum(mine.to(tl.int32), axis=1)
+    rank = tl.sum((mine & (j[None, :] < r[:, None])).to(tl.int32), axis=1)
+    return start + rank, start + count, (count + ROUND - 1) // ROUND * ROUND - count
+
+
+@triton.jit
+def pair_offsets(offsets_ptr, bj, size, NB, pid, nprog, EB: tl.constexpr):
+    """expert_first_token_offset[0..NB] (int64) from pair_sizes, blocks of EB entries spread over the programs."""
+    for e0 in range(pid * EB, NB + 1, nprog * EB):
+        e = e0 + tl.arange(0, EB)
+        first = tl.sum(tl.where(bj[None, :] < e[:, None], size[None, :], 0), axis=1)
+        tl.store(offsets_ptr + e, first.to(tl.int64), mask=e <= NB)
 
 
 @triton.jit
@@ -128,27 +168,37 @@ def finish_align(expert_ids_ptr, ntpp_ptr, V, ROUND, num_blocks, pid, nprog, BLO
 @triton.jit
 def align_index_kernel(topk_ptr, map_ptr, sorted_ptr, expert_ids_ptr, ntpp_ptr, R, E, ROUND, P, num_blocks, SPAN,
                        MAP_EXPERT_IDS: tl.constexpr, HAS_PAD: tl.constexpr, PAD_COLS: tl.constexpr,
-                       W: tl.constexpr, CH: tl.constexpr, SUB: tl.constexpr, FILL_BLOCK: tl.constexpr):
+                       W: tl.constexpr, CH: tl.constexpr, SUB: tl.constexpr, FILL_BLOCK: tl.constexpr,
+                       PAIRS: tl.constexpr, RP: tl.constexpr):
     """moe_align_block_size of a small batch in one launch: program p places the routes [p*SPAN, (p+1)*SPAN)
     (programs past R only help write the tail). The buckets are the global experts; expert_ids are mapped through
-    map_ptr with MAP_EXPERT_IDS (-1 for non-local experts), -1 past the last used block."""
+    map_ptr with MAP_EXPERT_IDS (-1 for non-local experts), -1 past the last used block. PAIRS: R <= RP, rows from
+    pairwise comparisons (pair_sizes) instead of per-bucket counts."""
     pid = tl.program_id(0)
     nprog = tl.num_programs(0)
     lo = pid * SPAN
     hi = tl.minimum(lo + SPAN, R)
-    total, before = bucket_counts(topk_ptr, map_ptr, R, E, E, lo, False, W, CH)
-    starts, sizes, V = bucket_starts(total, E, ROUND, W)
-    run = starts + before
+    if PAIRS:
+        bj, size, V = pair_sizes(topk_ptr, map_ptr, R, E, E, ROUND, False, RP)
+    else:
+        total, before = bucket_counts(topk_ptr, map_ptr, R, E, E, lo, False, W, CH)
+        starts, sizes, V = bucket_starts(total, E, ROUND, W)
+        run = starts + before
     for s0 in range(lo, hi, SUB):
         r = s0 + tl.arange(0, SUB)
         valid = r < hi
         bucket = route_bucket(topk_ptr, map_ptr, r, valid, E, E, False)
-        row, run = place_routes(bucket, valid, run, W, SUB)
+        if PAIRS:
+            row, end, pad = pair_rows(bj, size, bucket, r, ROUND, RP)
+        else:
+            row, run = place_routes(bucket, valid, run, W, SUB)
         keep = valid & (bucket < E)
         store_align_routes(sorted_ptr, expert_ids_ptr, map_ptr, r, bucket, row, keep, ROUND, MAP_EXPERT_IDS)
         if HAS_PAD:
-            write_padding(sorted_ptr, bucket, row, keep, tl.gather(starts + total, bucket, 0),
-                          tl.gather(sizes - total, bucket, 0), ROUND, R, True, PAD_COLS)
+            if not PAIRS:
+                end = tl.gather(starts + total, bucket, 0)
+                pad = tl.gather(sizes - total, bucket, 0)
+            write_padding(sorted_ptr, bucket, row, keep, end, pad, ROUND, R, True, PAD_COLS)
     fill_tail(sorted_ptr, V, P, R, pid, nprog, FILL_BLOCK)
     finish_align(expert_ids_ptr, ntpp_ptr, V, ROUND, num_blocks, pid, nprog, FILL_BLOCK)
 

@@ -84,6 +84,23 @@ def small_batch_routes() -> int:
     return 64 if INTERPRETED else 1024
 
 
+def pair_routes(num_buckets: int) -> int:
+    """Largest R whose one-launch index compares the routes pairwise (_index.pair_sizes: an R x R square, whatever
+    the number of experts) instead of counting them per expert; 0 where the per-expert count is narrow and cheap.
+    Chosen from H100 runs of the fused permute at 8 and 256 experts (README, "Kernel speed")."""
+    if hist_width(num_buckets) < 128:
+        return 0
+    return 16 if INTERPRETED else 64
+
+
+def small_index_meta(num_routes: int, num_buckets: int) -> dict:
+    """How the one-launch kernels build the index of num_routes routes over num_buckets experts: PAIRS (compare
+    the routes pairwise), RP (the routes rounded up to a power of 2), CH (routes counted per step otherwise)."""
+    if num_routes <= pair_routes(num_buckets):
+        return dict(PAIRS=True, RP=next_pow2(max(num_routes, 16)), CH=16)
+    return dict(PAIRS=False, RP=1, CH=count_block(num_routes))
+
+
 @functools.lru_cache(maxsize=None)
 def _sm_count(device_index: int) -> int:
     return torch.cuda.get_device_properties(device_index).multi_processor_count

@@ -81,8 +81,8 @@ def launch_index(topk_flat: torch.Tensor, expert_map: torch.Tensor | None, num_e
         _index.align_index_kernel[(programs,)](
             topk_flat, map_or_ids, slots, expert_ids, head, R, num_experts, round_to, slots.numel(),
             expert_ids.numel(), span, MAP_EXPERT_IDS=meta["MAP_EXPERT_IDS"], HAS_PAD=meta["HAS_PAD"],
-            PAD_COLS=meta["PAD_COLS"], W=meta["W"], CH=_launch.count_block(R), SUB=_launch.sub_block(R),
-            FILL_BLOCK=meta["FILL_BLOCK"], num_warps=4)
+            PAD_COLS=meta["PAD_COLS"], W=meta["W"], SUB=_launch.sub_block(R), FILL_BLOCK=meta["FILL_BLOCK"],
+            num_warps=4, **_launch.small_index_meta(R, num_experts))
         return None, None
     shape = CountShape(R, num_buckets)
     if count is None:

@@ -88,7 +88,7 @@ def moe_permute(hidden_states: torch.Tensor, a1q_scale: torch.Tensor | None, top
         _rows.permute_fused_kernel[(max(cdiv(M, block_t), fillers), grid_h)](
             topk_flat, map_or_ids, x_bits, out_bits, out["inv"], out["m_indices"], out["offsets"], scale_src,
             scale_dst, M, n_expert, L, A or 1, P, fill_invalid_expert, *copy_args,
-            CH=_launch.count_block(R), SUB=_launch.next_pow2(block_t * k), FILL_BLOCK=_launch.fill_block(),
+            SUB=_launch.next_pow2(block_t * k), FILL_BLOCK=_launch.fill_block(), **_launch.small_index_meta(R, L),
             **index_meta, **copy_meta)
     else:
         count, chunk = launch_index(topk_flat, expert_map, n_expert, L, A or 1, out["m_indices"],

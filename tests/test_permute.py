@@ -1,4 +1,6 @@
 """Customized path: moe_permute and moe_unpermute against the reference (SPEC 1.3)."""
+import dataclasses
+
 import pytest
 import torch
 
@@ -55,11 +57,15 @@ def test_moe_permute_matches_reference(case, device):
         compare.assert_equal(f"{name}, second run", a, b)
 
 
-@pytest.mark.parametrize("path", ["one-launch", "count-kernel"])
+@pytest.mark.parametrize("path", ["pairs", "buckets", "count-kernel"])
 @pytest.mark.parametrize("case", CASES[1:12:2], ids=lambda c: c.id)
-def test_both_index_paths_match_reference(case, path, device, monkeypatch):
-    """Batch size picks how the index is built (_pipeline.is_small); force each way on the same inputs."""
-    monkeypatch.setattr(_launch, "small_batch_routes", lambda: 1 << 30 if path == "one-launch" else 0)
+def test_every_index_path_matches_reference(case, path, device, monkeypatch):
+    """Batch size picks how the index is built (one launch comparing routes pairwise or counting them per expert,
+    or count_kernel first); force each way on the same inputs. Pairwise is only for batches of up to 64 routes."""
+    if path == "pairs":
+        case = dataclasses.replace(case, M=max(1, min(case.M, 64 // case.k)))
+    monkeypatch.setattr(_launch, "small_batch_routes", lambda: 0 if path == "count-kernel" else 1 << 30)
+    monkeypatch.setattr(_launch, "pair_routes", lambda buckets: 64 if path == "pairs" else 0)
     hidden, scale, ids, _, emap = make_inputs(case, device, salt=path)
     want = reference.moe_permute(hidden, scale, ids, case.E, case.n_local, emap, case.align, case.fill)
     compare.assert_permute_matches(run_permute(case, hidden, scale, ids, emap), want, hidden, scale, ids,
