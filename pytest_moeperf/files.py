@@ -17,11 +17,23 @@ def file_lock(path: Path):
     return machine_lock("file-" + hashlib.sha1(str(Path(path).resolve()).encode()).hexdigest()[:16])
 
 
+def _new_file_mode(path: Path) -> int:
+    """The mode the written file gets: the old file's, else what open() would give under the umask (mkstemp's
+    temporary file is private, 0600, and the rename would keep that)."""
+    with contextlib.suppress(OSError):
+        return path.stat().st_mode & 0o777
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
 def write_json_atomic(path: Path, data: dict, sort_keys: bool = True) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    mode = _new_file_mode(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.fchmod(fd, mode)
         with os.fdopen(fd, "w") as fh:
             json.dump(data, fh, indent=1, sort_keys=sort_keys)
             fh.write("\n")

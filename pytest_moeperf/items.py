@@ -205,17 +205,22 @@ class TuneItem(_Item):
             pytest.skip(f"{self.impl.name} {self.op} reads {len(asked)} tuned configs per call, not one")
         lookup = asked.pop()
         space = tuning.search_space(self.op, lookup.H, lookup.M, lookup.k, lookup.elem_bytes)
+        runnable, failed = [], []
+        for config in space:  # compiled before taking the GPU's timing lock: workers sharing a GPU compile together
+            try:
+                with tuning.forced(config, self.op):
+                    call()
+                runnable.append(config)
+            except Exception as e:  # a candidate Triton cannot compile or launch here: leave it out, say so
+                if config == space[0]:
+                    raise
+                failed.append(f"{config}: {type(e).__name__}: {str(e).splitlines()[0][:120]}")
         quick = dataclasses.replace(self.scenario.timing, samples=self.QUICK_SAMPLES)
         with timer.lock():
-            timed, failed = [], []
-            for config in space:
-                try:
-                    with tuning.forced(config, self.op):
-                        timed.append((timer.measure([call], quick).median, config))
-                except Exception as e:  # a candidate Triton cannot compile or launch here: leave it out, say so
-                    if config == space[0]:
-                        raise
-                    failed.append(f"{config}: {type(e).__name__}: {str(e).splitlines()[0][:120]}")
+            timed = []
+            for config in runnable:
+                with tuning.forced(config, self.op):
+                    timed.append((timer.measure([call], quick).median, config))
             finalists = [c for _, c in sorted(timed, key=lambda t: t[0])[:self.FINALISTS]]
             if space[0] not in finalists:
                 finalists.append(space[0])  # the default, timed as the winner is

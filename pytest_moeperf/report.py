@@ -31,7 +31,7 @@ def table(results: list[dict]) -> str:
     return tabulate(rows, headers=COLUMNS, disable_numparse=True)
 
 
-def tuning_table(tuned: list[dict]) -> str:
+def tuning_table(tuned: list[dict], tablefmt: str = "simple") -> str:
     """One row per tuning test: the winner against the default config, both timed as the timing tests time."""
     rows = [[r["scenario"], r["key"], f"{r['candidates']}" + (f" ({len(r['failed'])} failed)" if r["failed"] else ""),
              _fmt(r["default_us"], ".2f"), _fmt(r["median_us"], ".2f"),
@@ -39,7 +39,7 @@ def tuning_table(tuned: list[dict]) -> str:
              " ".join(f"{k}={v}" for k, v in sorted(r["config"].items()))]
             for r in sorted(tuned, key=lambda r: (r["scenario"], r["key"]))]
     return tabulate(rows, headers=["scenario", "test", "configs", "default us", "tuned us", "change %", "tuned"],
-                    disable_numparse=True)
+                    disable_numparse=True, tablefmt=tablefmt)
 
 
 def junit_properties(result: dict) -> list[tuple[str, object]]:
@@ -48,21 +48,28 @@ def junit_properties(result: dict) -> list[tuple[str, object]]:
     return [(f"moeperf_{k}", result[k]) for k in keys if result.get(k) is not None]
 
 
-def write_json(path: str | Path, results: list[dict], environments: dict) -> None:
+def write_json(path: str | Path, results: list[dict], environments: dict, tuned: list[dict] = ()) -> None:
     data = {"environments": environments, "results": sort_worst_first(results)}
+    if tuned:
+        data["tuned"] = sorted(tuned, key=lambda r: (r["scenario"], r["key"]))
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     Path(path).write_text(json.dumps(data, indent=1, sort_keys=True) + "\n")
 
 
-def markdown(results: list[dict], environments: dict) -> str:
-    """A summary for people: counts, the environment, regressions first, then one table per scenario."""
+def markdown(results: list[dict], environments: dict, tuned: list[dict] = ()) -> str:
+    """A summary for people: counts, the environment, regressions first, then one table per scenario; the tuning
+    table of a --moeperf-tune run."""
     now = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     counts = Counter(r["verdict"] for r in results)
-    lines = [f"## pytest-moeperf timing ({now})", ""]
+    lines = [f"## pytest-moeperf {'tuning' if tuned and not results else 'timing'} ({now})", ""]
     for slug, e in sorted(environments.items()):
         lines.append(f"- GPU `{slug}`: {e.get('device', '?')}, {e.get('sm_count', '?')} SMs, driver "
                      f"{e.get('driver_version', '?')}, CUDA {e.get('cuda', '?')}, torch {e.get('torch', '?')}, triton "
                      f"{e.get('triton', '?')}, SM clock {e.get('clocks.sm', '?')} / {e.get('clocks.max.sm', '?')} MHz")
+    if tuned:
+        lines += [f"- {len(tuned)} tuning tests", "", tuning_table(tuned, "github"), ""]
+    if not results:
+        return "\n".join(lines)
     lines.append("- " + ", ".join(f"{n} {v}" for v, n in sorted(counts.items())) + f" ({len(results)} timing tests)")
     lines.append("")
     header = "| scenario | op | impl | dtype | M | median us | baseline us | change % | GB/s | % ceiling | verdict |"
@@ -83,9 +90,9 @@ def markdown(results: list[dict], environments: dict) -> str:
     return "\n".join(lines)
 
 
-def write_markdown(path: str | Path | None, results: list[dict], environments: dict) -> None:
+def write_markdown(path: str | Path | None, results: list[dict], environments: dict, tuned: list[dict] = ()) -> None:
     """Write the summary to `path` and append it to $GITHUB_STEP_SUMMARY when that is set."""
-    text = markdown(results, environments)
+    text = markdown(results, environments, tuned)
     if path:
         Path(path).parent.mkdir(parents=True, exist_ok=True)
         Path(path).write_text(text + "\n")

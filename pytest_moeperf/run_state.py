@@ -61,7 +61,8 @@ class MoePerfRun:
         self.written: list[tuple[Path, int]] = []
         self.skipped: dict[str, int] = {}  # "correctness" / "timing" / "tuning" -> tests skipped
         self.tuned: list[dict] = []  # winners of the tuning tests
-        self.tuned_written: list[tuple[Path, int]] = []
+        self.tuned_written: dict[Path, int] = {}  # tuned configs written so far, per file
+        self.tune_errors: list[str] = []
 
     @classmethod
     def load(cls, config, paths, device: str, pinned_gpu: str | None) -> "MoePerfRun":
@@ -125,16 +126,23 @@ class MoePerfRun:
                     self.environments[result["gpu"]] = {}
             elif name == "moeperf_tune":
                 self.tuned.append(json.loads(value))
+                if not is_worker(self.config):
+                    self._write_tuned(self.tuned[-1])
+
+    def _write_tuned(self, result: dict) -> None:
+        """Each winner is written as soon as its test reports, so a tuning run that is stopped keeps what it found."""
+        from pytest_moeperf import tuned  # imports the kernels: only once they are known to be importable
+
+        written, errors = tuned.write_all([result])
+        for path, n in written:
+            self.tuned_written[path] = self.tuned_written.get(path, 0) + n
+        self.tune_errors += errors
 
     def pytest_sessionfinish(self, session):
         if is_worker(self.config):
             return
-        if self.tuned:
-            from pytest_moeperf import tuned  # imports the kernels: only once they are known to be importable
-
-            self.tuned_written, errors = tuned.write_all(self.tuned)
-            self._report_errors(session, errors)
-        if not self.results:
+        self._report_errors(session, self.tune_errors)
+        if not self.results and not self.tuned:
             return
         if self.timer is not None:
             self.environments[self.gpu_slug] = self.timer.environment()
@@ -142,9 +150,9 @@ class MoePerfRun:
         if self.update_baselines:
             errors = self._write_baselines()
         if self.json_path:
-            report.write_json(self.json_path, self.results, self.environments)
-        report.write_markdown(self.markdown_path, self.results, self.environments)
-        if self.plot_dir:
+            report.write_json(self.json_path, self.results, self.environments, self.tuned)
+        report.write_markdown(self.markdown_path, self.results, self.environments, self.tuned)
+        if self.plot_dir and self.results:
             from pytest_moeperf import plots
 
             self.plots = plots.write(self.plot_dir, self.results)
@@ -191,7 +199,7 @@ class MoePerfRun:
             tr.section("pytest-moeperf tuning")
             for line in report.tuning_table(self.tuned).splitlines():
                 tr.write_line(line)
-        for path, n in self.tuned_written:
+        for path, n in sorted(self.tuned_written.items()):
             tr.write_line(f"pytest-moeperf: wrote {n} tuned configs to {path}")
         if self.plots:
             tr.write_line(f"pytest-moeperf: wrote {len(self.plots)} plots to {self.plot_dir}")

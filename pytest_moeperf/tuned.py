@@ -28,7 +28,7 @@ def merge(folder: Path, name: str, winners: dict[int, dict]) -> Path:
 
 
 def write_all(results: list[dict]) -> tuple[list[tuple[Path, int]], list[str]]:
-    """The winners of the tuning tests (results of TuneItem), one file per shape and GPU in kernels/configs/:
+    """Winners of tuning tests (results of TuneItem) merged into one file per shape and GPU in kernels/configs/:
     ([(path, entries)], errors)."""
     by_file: dict[str, dict[int, dict]] = {}
     for r in results:

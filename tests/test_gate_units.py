@@ -1,5 +1,6 @@
 """Units behind the gate: the verdict statistics, baseline files, routing generators, config.json models."""
 import json
+import os
 import random
 
 import pytest
@@ -83,6 +84,19 @@ def test_baseline_write_is_atomic(tmp_path, monkeypatch):
         baselines.update(path, {"b": entry(2.0)}, {}, "scn")
     assert path.read_text() == before
     assert not [p for p in path.parent.iterdir() if p.name.endswith(".tmp")]
+
+
+def test_baseline_file_mode_follows_the_umask_and_is_kept(tmp_path):
+    path = baselines.path_for(tmp_path, "GPU_X", "scn")
+    old_umask = os.umask(0o022)
+    try:
+        baselines.update(path, {"a": entry(1.0)}, {}, "scn")
+        assert path.stat().st_mode & 0o777 == 0o644  # readable by the team, as a file opened by hand would be
+        path.chmod(0o664)
+        baselines.update(path, {"b": entry(2.0)}, {}, "scn")
+        assert path.stat().st_mode & 0o777 == 0o664
+    finally:
+        os.umask(old_umask)
 
 
 @pytest.mark.parametrize("text", ["{not json", "[1, 2]", '{"schema": 7, "entries": {}}',

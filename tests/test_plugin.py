@@ -10,6 +10,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from tests.conftest import DEVICE
+
 REPO = Path(__file__).resolve().parents[1]
 
 FAKE_TIMER = '''
@@ -437,11 +439,19 @@ TUNE_TIMER = FAKE_TIMER + '''
 from kernels import tuning
 FAST = {"BLOCK_T": 1, "BLOCK_H": 64, "num_warps": 2}
 BROKEN = {"BLOCK_T": 2, "BLOCK_H": 64, "num_warps": 2}  # as if Triton could not compile it
+_launch_config = tuning.launch_config
+def launch_config(*args, **kw):
+    config = _launch_config(*args, **kw)
+    if config == BROKEN:
+        raise ValueError("out of resources")
+    return config
+def pytest_sessionstart(session):
+    tuning.launch_config = launch_config
+def pytest_sessionfinish(session):
+    tuning.launch_config = _launch_config
 _orig = FakeTimer.measure
 def measure(self, calls, cfg):
     forced = [c for _, c in tuning._forced]
-    if forced and forced[-1] == BROKEN:
-        raise ValueError("out of resources")
     m = _orig(self, calls, cfg)
     if forced and forced[-1] == FAST:  # the fake GPU runs this config 20% faster than any other
         m = Measurement([0.8 * s for s in m.samples_us], m.mode, m.invocations, m.input_sets)
@@ -461,15 +471,32 @@ def configs(tmp_path):
 def test_tuning_writes_the_fastest_config_per_batch_size_and_the_kernels_read_it(env, configs):
     from kernels import tuning
 
-    name = "permute,E=8,H=64,k=2,dtype=bfloat16,device_name=cpu.json"
+    device = torch.device(DEVICE)  # where the plugin's correctness and tuning tests run
+    name = tuning.config_name("permute", 64, 2, torch.bfloat16, tuning.device_name(device), E=8)
+    candidates = len(tuning.search_space("permute", 64, 1, 2, 2))
     kept = {"BLOCK_H": 32, "BLOCK_T": 4, "num_warps": 2}
     configs.mkdir()
     (configs / name).write_text(json.dumps({"triton": "old", "configs": {"64": kept}}))
     env.makefile(".yaml", small=SMALL)
-    env.makeconftest(TUNE_TIMER)
-    result = run_timed(env, "--moeperf-tune", "-k", "tuning or correctness")
+    # What the file holds when each tuning test's report has been handled: winners are written as they come.
+    env.makeconftest(TUNE_TIMER + f'''
+import json
+@pytest.hookimpl(trylast=True)
+def pytest_runtest_logreport(report):
+    if report.when == "call" and "::tuning::" in report.nodeid:
+        held = json.loads((tuning.CONFIG_DIR / "{name}").read_text())["configs"]
+        with open("seen.txt", "a") as f:
+            f.write(report.nodeid.rsplit("-", 1)[1] + " " + ",".join(held) + "\\n")
+''')
+    result = run_timed(env, "--moeperf-tune", "-k", "tuning or correctness", "--moeperf-json", "tune.json",
+                       "--moeperf-markdown", "tune.md")
     result.assert_outcomes(passed=10 + 2)  # the correctness tests, and permute of `customized` at M = 1 and 3
-    result.stdout.fnmatch_lines(["*pytest-moeperf tuning*", "*permute[[]customized-bf16-M1[]]*  2  *BLOCK_H=64 "
+    assert (env.path / "seen.txt").read_text().splitlines() == ["M1] 1,64", "M3] 1,3,64"]
+    tuned = json.loads((env.path / "tune.json").read_text())["tuned"]
+    assert [(r["M"], r["config"]["BLOCK_H"]) for r in tuned] == [(1, 64), (3, 64)]
+    summary = (env.path / "tune.md").read_text()
+    assert summary.startswith("## pytest-moeperf tuning") and "| small      | permute[customized-bf16-M3]" in summary
+    result.stdout.fnmatch_lines(["*pytest-moeperf tuning*", f"*permute[[]customized-bf16-M1[]]*  {candidates}  *BLOCK_H=64 "
                                  "BLOCK_T=1 num_warps=2*", "*permute[[]customized-bf16-M3[]]*(1 failed)*BLOCK_H=64 "
                                  "BLOCK_T=1 num_warps=2*", f"*wrote 2 tuned configs to *{name}*"])
     fast = {"BLOCK_H": 64, "BLOCK_T": 1, "num_warps": 2}
@@ -477,9 +504,8 @@ def test_tuning_writes_the_fastest_config_per_batch_size_and_the_kernels_read_it
     assert list(data["configs"]) == ["1", "3", "64"]  # merged with what was there, by batch size
     assert data["configs"] == {"1": fast, "3": fast, "64": kept}
     assert data["triton"] != "old"
-    cpu = torch.device("cpu")
-    assert tuning.launch_config("permute", 2, 64, 2, torch.bfloat16, cpu, E=8) == fast
-    assert tuning.launch_config("permute", 50, 64, 2, torch.bfloat16, cpu, E=8) == kept
+    assert tuning.launch_config("permute", 2, 64, 2, torch.bfloat16, device, E=8) == fast
+    assert tuning.launch_config("permute", 50, 64, 2, torch.bfloat16, device, E=8) == kept
 
 
 def test_tuning_runs_alone(env):
