@@ -1,0 +1,165 @@
+"""fused_experts (the MoE expert GEMMs) against the PyTorch oracle, every quantization mode, and its input errors."""
+import dataclasses
+import re
+
+import pytest
+import torch
+
+import kernels
+from pytest_moeperf import reference_experts
+
+# Relative error ||out - oracle|| / ||oracle|| allowed per mode. The oracle rounds where the kernel stores, so what
+# is left is summation order plus, with fp8, an activation landing on the other side of an fp8 rounding boundary.
+# Under the interpreter both sum in fp32 the same way and every case here measures 0; these bounds are for the GPU,
+# whose tensor cores sum in another order (to be measured there).
+TOLERANCE = {"bf16": 1e-2, "fp16": 2e-3, "fp8": 3e-2, "int8": 1e-2}
+
+
+@dataclasses.dataclass(frozen=True)
+class GemmCase:
+    M: int
+    k: int
+    E: int
+    H: int
+    N: int
+    dtype: str = "bf16"
+    quant: str = "none"  # none, fp8-tensor, fp8-token, fp8-static, fp8-block, int8
+    ep: bool = False
+    invalid: bool = False
+
+    @property
+    def id(self):
+        return (f"M{self.M}-k{self.k}-E{self.E}-H{self.H}-N{self.N}-{self.dtype}-{self.quant}"
+                + ("-ep" if self.ep else "") + ("-invalid" if self.invalid else ""))
+
+
+CASES = [
+    GemmCase(5, 2, 4, 64, 32),
+    GemmCase(9, 2, 8, 96, 48, "fp16"),
+    GemmCase(17, 3, 6, 64, 64, ep=True),
+    GemmCase(7, 2, 4, 64, 32, invalid=True),
+    GemmCase(6, 2, 4, 64, 64, quant="fp8-tensor"),
+    GemmCase(6, 2, 4, 64, 64, quant="fp8-token", ep=True),
+    GemmCase(6, 2, 4, 64, 64, quant="fp8-static"),
+    GemmCase(11, 2, 4, 64, 64, quant="fp8-block"),
+    GemmCase(6, 2, 4, 64, 32, quant="int8"),
+]
+BLOCK = [32, 32]  # block_shape of the fp8-block case (vLLM's models use [128, 128]; small shapes here)
+
+
+def _quantize_weights(w: torch.Tensor, quant: str):
+    """(quantized weights, scales) the way a checkpoint holds them."""
+    E, n, k = w.shape
+    if quant == "int8":
+        s = w.abs().amax(dim=2) / 127
+        return torch.round(w / s[:, :, None]).clamp(-127, 127).to(torch.int8), s.float()
+    if quant == "fp8-block":
+        bn, bk = BLOCK
+        blocks = w.reshape(E, n // bn, bn, k // bk, bk)
+        s = blocks.abs().amax(dim=(2, 4)) / 448
+        q = (blocks / s[:, :, None, :, None]).to(torch.float8_e4m3fn).reshape(E, n, k)
+        return q, s.float()
+    if quant == "fp8-token":  # per output channel
+        s = w.abs().amax(dim=2, keepdim=True) / 448
+        return (w / s).to(torch.float8_e4m3fn), s.float()
+    s = w.abs().amax(dim=(1, 2)) / 448  # one per expert
+    return (w / s[:, None, None]).to(torch.float8_e4m3fn), s.float()
+
+
+def make_case(case: GemmCase, device):
+    g = torch.Generator().manual_seed(hash(case.id) % 2**31)
+    dtype = torch.float16 if case.dtype == "fp16" else torch.bfloat16
+    x = torch.randn(case.M, case.H, generator=g).to(dtype)
+    n_global = 2 * case.E if case.ep else case.E
+    ids = torch.stack([torch.randperm(n_global, generator=g)[:case.k] for _ in range(case.M)]).to(torch.int32)
+    if case.invalid:
+        ids[::3, 0] = n_global + 5
+    weights = torch.softmax(torch.randn(case.M, case.k, generator=g), dim=1)
+    w1 = torch.randn(case.E, 2 * case.N, case.H, generator=g) / case.H ** 0.5
+    w2 = torch.randn(case.E, case.H, case.N, generator=g) / case.N ** 0.5
+    kw = {}
+    if case.ep:
+        emap = torch.full((n_global,), -1, dtype=torch.int32)
+        emap[torch.randperm(n_global, generator=g)[:case.E]] = torch.arange(case.E, dtype=torch.int32)
+        kw.update(expert_map=emap.to(device), global_num_experts=n_global)
+    if case.quant == "none":
+        w1, w2 = w1.to(dtype), w2.to(dtype)
+    else:
+        (w1, s1), (w2, s2) = _quantize_weights(w1, case.quant), _quantize_weights(w2, case.quant)
+        kw.update(w1_scale=s1.to(device), w2_scale=s2.to(device))
+        if case.quant == "int8":
+            kw.update(use_int8_w8a16=True)
+        else:
+            kw.update(use_fp8_w8a8=True, per_channel_quant=case.quant == "fp8-token")
+        if case.quant == "fp8-block":
+            kw.update(block_shape=BLOCK)
+        if case.quant == "fp8-static":
+            kw.update(a1_scale=torch.tensor([0.02], device=device), a2_scale=torch.tensor([0.01], device=device))
+    tensors = [t.to(device) for t in (x, w1, w2, weights, ids)]
+    return tensors, kw
+
+
+def relative_error(got: torch.Tensor, want: torch.Tensor) -> float:
+    return ((got.float().cpu() - want.float().cpu()).norm() / want.float().cpu().norm()).item()
+
+
+@pytest.mark.parametrize("case", CASES, ids=lambda c: c.id)
+def test_fused_experts_matches_the_oracle(case, device):
+    tensors, kw = make_case(case, device)
+    got = kernels.fused_experts(*tensors, **kw)
+    want = reference_experts.fused_experts(*tensors, **kw)
+    assert got.shape == want.shape and got.dtype == tensors[0].dtype
+    assert torch.isfinite(got).all()
+    err = relative_error(got, want)
+    assert err <= TOLERANCE[case.dtype if case.quant == "none" else case.quant.split("-")[0]], \
+        f"relative error {err:.2e} against the oracle"
+
+
+def test_routes_of_other_ranks_and_bad_ids_add_nothing(device):
+    """Tokens whose routes are all non-local (expert parallelism) or out of range come out exactly zero."""
+    case = GemmCase(6, 2, 4, 64, 32, ep=True)
+    (x, w1, w2, weights, ids), kw = make_case(case, device)
+    emap = kw["expert_map"].cpu()
+    remote = torch.nonzero(emap < 0).flatten()[:2].to(torch.int32)
+    ids[0] = remote.to(device)
+    ids[1] = torch.tensor([-1, 1000], dtype=torch.int32, device=device)
+    got = kernels.fused_experts(x, w1, w2, weights, ids, **kw)
+    assert (got[:2] == 0).all()
+    assert relative_error(got, reference_experts.fused_experts(x, w1, w2, weights, ids, **kw)) <= TOLERANCE["bf16"]
+
+
+def test_oracle_is_the_formula_for_one_route():
+    """The oracle itself, bf16 without quantization, against the contract's formula written out for M = 1, k = 1."""
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(1, 16, generator=g).to(torch.bfloat16)
+    w1 = (torch.randn(2, 8, 16, generator=g) / 4).to(torch.bfloat16)
+    w2 = (torch.randn(2, 16, 4, generator=g) / 2).to(torch.bfloat16)
+    out = reference_experts.fused_experts(x, w1, w2, torch.tensor([[0.75]]), torch.tensor([[1]]))
+    h = x.float() @ w1[1].float().T
+    want = 0.75 * ((torch.nn.functional.silu(h[:, :4]) * h[:, 4:]) @ w2[1].float().T)
+    assert torch.allclose(out.float(), want, rtol=2e-2, atol=1e-2)
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda a: a.update(w2=a["w2"][:, :, :16]), "w1 must be [E, 2N, H] and w2 [E, H, N]"),
+    (lambda a: a.update(topk_weights=a["topk_weights"].double()), "topk_weights must be float32"),
+    (lambda a: a.update(hidden_states=a["hidden_states"].float()), "bfloat16 or float16"),
+    (lambda a: a.update(use_fp8_w8a8=True), "w1 must be torch.float8_e4m3fn"),
+    (lambda a: a.update(block_shape=[128, 128]), "block_shape"),
+    (lambda a: a.update(w1=a["w1"].transpose(1, 2).contiguous().transpose(1, 2)), "k contiguous"),
+])
+def test_bad_input_is_a_clear_error(change, message, device):
+    (x, w1, w2, weights, ids), _ = make_case(CASES[0], device)
+    args = dict(hidden_states=x, w1=w1, w2=w2, topk_weights=weights, topk_ids=ids)
+    change(args)
+    with pytest.raises(ValueError, match=re.escape(message)):
+        kernels.fused_experts(**args)
+
+
+def test_weight_scales_must_match_the_mode(device):
+    case = GemmCase(4, 2, 4, 64, 64, quant="fp8-tensor")
+    tensors, kw = make_case(case, device)
+    with pytest.raises(ValueError, match=re.escape("w1_scale must have shape (4, 128) or (4, 128, 1)")):
+        kernels.fused_experts(*tensors, **dict(kw, per_channel_quant=True))
+    with pytest.raises(ValueError, match="w2_scale is required"):
+        kernels.fused_experts(*tensors, **dict(kw, w2_scale=None))
