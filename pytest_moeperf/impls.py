@@ -3,8 +3,9 @@
 Built in: `torch` (the reference), `standard` (vLLM's Python path on the Triton align kernel), `customized` (the
 fused Triton kernels), `customized_scratch` (the same with a pre-allocated MoEPermuteScratch). A user
 implementation is a dotted path 'package.module:function' to a function that takes no argument and returns a dict
-with any of 'permute' (vLLM's moe_permute signature), 'unpermute' (moe_unpermute) and 'align'
-(moe_align_block_size); its align may order routes freely inside an expert.
+with any of 'permute' (vLLM's moe_permute signature), 'unpermute' (moe_unpermute), 'align' (moe_align_block_size)
+and 'fused_experts' (vLLM's fused_experts arguments and keywords); its align may order routes freely inside an
+expert.
 """
 from __future__ import annotations
 
@@ -13,9 +14,9 @@ from collections.abc import Callable
 
 import torch
 
-from pytest_moeperf import compare, reference
+from pytest_moeperf import compare, experts, reference, reference_experts
 from pytest_moeperf.problem import Problem
-from pytest_moeperf.scenario import BUILTIN_IMPLS, ImplSpec
+from pytest_moeperf.scenario import BUILTIN_IMPLS, OPS, ImplSpec
 
 
 class ImplError(ValueError):
@@ -72,6 +73,12 @@ class Impl:
         """Run the op and compare it with the reference under this implementation's contract."""
         if op == "unpermute":
             self._check_unpermute(p)
+        elif op == "fused_experts":
+            args, kwargs = experts.call_args(p)
+            err = reference_experts.relative_error(self.prepare(op, p)(), reference_experts.fused_experts(*args,
+                                                                                                        **kwargs))
+            limit = reference_experts.TOLERANCE[p.dtype]
+            assert err <= limit, f"fused_experts: relative error {err:.2e} against the oracle, allowed {limit:.0e}"
         elif op == "align":
             want = reference.moe_align_block_size(p.topk_ids, p.block_size, p.E, p.expert_map)
             compare.assert_align_matches(self.prepare(op, p)(), want, p.topk_ids, p.block_size, p.E,
@@ -89,9 +96,10 @@ class Impl:
 class CustomizedContract(Impl):
     """vLLM's customized signatures: moe_permute / moe_unpermute, plus moe_align_block_size."""
 
-    def __init__(self, name, permute=None, unpermute=None, align=None, *, scratch=False, align_any_order=False):
+    def __init__(self, name, permute=None, unpermute=None, align=None, *, fused_experts=None, scratch=False,
+                 align_any_order=False):
         self.name = name
-        self.fns = {"permute": permute, "unpermute": unpermute, "align": align}
+        self.fns = {"permute": permute, "unpermute": unpermute, "align": align, "fused_experts": fused_experts}
         self.ops = tuple(op for op, fn in self.fns.items() if fn is not None)
         self.scratch = scratch
         self._last_scratch = None
@@ -127,6 +135,9 @@ class CustomizedContract(Impl):
             return self._permute_call(p)
         if op == "unpermute":
             return self._unpermute_call(p, *self._unpermute_inputs(p))
+        if op == "fused_experts":
+            args, kwargs = experts.call_args(p)
+            return lambda: self.fns["fused_experts"](*args, **kwargs)
         return lambda: self.fns["align"](p.topk_ids, p.block_size, p.E, p.expert_map)
 
     def _check_permute(self, p, got):
@@ -209,12 +220,11 @@ def _user_impl(spec: ImplSpec) -> Impl:
         fns = provider()
     except Exception as e:  # the user's code: report whatever it raised
         raise ImplError(f"implementation {spec.name!r}: {spec.path}() raised {type(e).__name__}: {e}") from None
-    if not isinstance(fns, dict) or not fns or set(fns) - {"permute", "unpermute", "align"} or \
-            not all(callable(f) for f in fns.values()):
-        raise ImplError(f"implementation {spec.name!r}: {spec.path}() must return a dict mapping some of 'permute', "
-                        f"'unpermute', 'align' to callables, got {fns!r}")
+    if not isinstance(fns, dict) or not fns or set(fns) - set(OPS) or not all(callable(f) for f in fns.values()):
+        raise ImplError(f"implementation {spec.name!r}: {spec.path}() must return a dict mapping some of "
+                        f"{', '.join(map(repr, OPS))} to callables, got {fns!r}")
     return CustomizedContract(spec.name, fns.get("permute"), fns.get("unpermute"), fns.get("align"),
-                              align_any_order=True)
+                              fused_experts=fns.get("fused_experts"), align_any_order=True)
 
 
 def build(spec: ImplSpec) -> Impl:
@@ -222,12 +232,12 @@ def build(spec: ImplSpec) -> Impl:
         return _user_impl(spec)
     if spec.name == "torch":
         return CustomizedContract("torch", reference.moe_permute, reference.moe_unpermute,
-                                  reference.moe_align_block_size)
+                                  reference.moe_align_block_size, fused_experts=reference_experts.fused_experts)
     if spec.name == "standard":
         return StandardContract()
     k = load_kernels()
     if spec.name == "customized":
-        return CustomizedContract("customized", k.moe_permute, k.moe_unpermute)
+        return CustomizedContract("customized", k.moe_permute, k.moe_unpermute, fused_experts=k.fused_experts)
     if spec.name == "customized_scratch":
         return CustomizedContract("customized_scratch", k.moe_permute, scratch=True)
     raise ImplError(f"unknown implementation {spec.name!r}; expected one of {', '.join(BUILTIN_IMPLS)}")

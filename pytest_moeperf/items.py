@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from pytest_moeperf import health, problem, verdict
+from pytest_moeperf import experts, health, problem, verdict
 from pytest_moeperf.impls import load_kernels
 from pytest_moeperf.report import junit_properties
 from pytest_moeperf.run_state import RUN_KEY
@@ -76,6 +76,10 @@ class CorrectnessItem(_Item):
         if self.run_state.device == "cpu" and self.M > cap:
             pytest.skip(f"M={self.M} is above --moeperf-cpu-max-batch={cap} for the Triton interpreter on the CPU; "
                         f"run on a GPU or raise the cap")
+        routes = self.M * self.scenario.shape.topk
+        if self.run_state.device == "cpu" and self.op == "fused_experts" and routes > experts.CPU_MOST_ROUTES:
+            pytest.skip(f"fused_experts checks at most {experts.CPU_MOST_ROUTES} routes (here {routes}) under the "
+                        f"Triton interpreter; run on a GPU for the rest")
         self.impl.check(self.op, self.problem())
 
 
@@ -131,7 +135,11 @@ class TimingItem(_Item):
             "baseline_median_us": base and base["median_us"],
             "change_pct": None if v.ratio is None else 100 * (v.ratio - 1),
         }
-        if self.dtype == "int8_w8a16":
+        if self.op == "fused_experts":  # compute-bound at large batches: also against a matmul ceiling
+            tflops = experts.flops(first) / m.median / 1e6
+            mm = timer.matmul_ceiling_tflops(first.hidden.device, "fp8" if self.dtype == "fp8_w8a8" else "bf16")
+            result.update(tflops=tflops, matmul_ceiling_tflops=mm, matmul_pct=100 * tflops / mm)
+        if self.dtype == "int8_w8a16" and self.op != "fused_experts":
             result["note"] = " ".join(filter(None, [m.note, "int8_w8a16 moves 16-bit activations: it matches bf16 "
                                                              "by construction"]))
         self.user_properties.append(("moeperf", json.dumps(result)))

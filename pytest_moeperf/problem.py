@@ -6,7 +6,7 @@ import zlib
 
 import torch
 
-from pytest_moeperf import reference, routing
+from pytest_moeperf import experts, reference, routing
 from pytest_moeperf.scenario import Scenario
 
 PAYLOAD = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp8_w8a8": torch.float8_e4m3fn,
@@ -25,6 +25,7 @@ class Problem:
     topk_weights: torch.Tensor
     expert_map: torch.Tensor | None
     local_routes: int  # routes this EP rank keeps
+    activations: torch.Tensor  # the 16-bit hidden states before any fp8 quantization (fused_experts' input)
 
     @property
     def E(self) -> int:
@@ -86,12 +87,18 @@ def build(scenario: Scenario, dtype: str, M: int, device, input_set: int = 0) ->
     emap = routing.expert_map_for(shape.num_experts, scenario.ep_size, scenario.ep_rank)
     local = int((reference.local_expert_of_routes(ids, shape.num_experts, emap) >= 0).sum())
     move = (lambda t: None if t is None else t.to(device))
-    return Problem(scenario, dtype, M, move(hidden), move(scale), move(ids), move(weights), move(emap), local)
+    activations = x.to(torch.float16 if dtype == "fp16" else torch.bfloat16)
+    return Problem(scenario, dtype, M, move(hidden), move(scale), move(ids), move(weights), move(emap), local,
+                   move(activations))
 
 
 def moved_bytes(op: str, p: Problem) -> tuple[int, int]:
     """(payload bytes, extra bytes) one call moves at least: SPEC 3, M*H*b read + one row written per local route
-    for permute (the reverse for unpermute); extra = scales and index bytes."""
+    for permute (the reverse for unpermute); extra = scales and index bytes. fused_experts: the weights of the
+    experts its local routes touch (read once), the activations in and out as extra."""
+    if op == "fused_experts":
+        H = experts.weights_for(p).H
+        return experts.touched_weight_bytes(p), 2 * p.M * H * p.activations.element_size()
     if op == "align":
         R = p.M * p.k
         return R * 4 + (R + p.E * (p.block_size - 1)) * 4, 0

@@ -43,8 +43,8 @@ def tuning_table(tuned: list[dict], tablefmt: str = "simple") -> str:
 
 
 def junit_properties(result: dict) -> list[tuple[str, object]]:
-    keys = ("median_us", "iqr_us", "min_us", "gbps", "ceiling_pct", "baseline_median_us", "change_pct", "verdict",
-            "mode", "gpu")
+    keys = ("median_us", "iqr_us", "min_us", "gbps", "ceiling_pct", "tflops", "matmul_pct", "baseline_median_us",
+            "change_pct", "verdict", "mode", "gpu")
     return [(f"moeperf_{k}", result[k]) for k in keys if result.get(k) is not None]
 
 
@@ -72,13 +72,15 @@ def markdown(results: list[dict], environments: dict, tuned: list[dict] = ()) ->
         return "\n".join(lines)
     lines.append("- " + ", ".join(f"{n} {v}" for v, n in sorted(counts.items())) + f" ({len(results)} timing tests)")
     lines.append("")
-    header = "| scenario | op | impl | dtype | M | median us | baseline us | change % | GB/s | % ceiling | verdict |"
-    rule = "|" + "---|" * 11
+    header = ("| scenario | op | impl | dtype | M | median us | baseline us | change % | GB/s | % ceiling | TFLOP/s | "
+              "% matmul | verdict |")
+    rule = "|" + "---|" * 13
 
     def row(r):
         return (f"| {r['scenario']} | {r['op']} | {r['impl']} | {r['dtype']} | {r['M']} | {_fmt(r['median_us'], '.2f')}"
                 f" | {_fmt(r.get('baseline_median_us'), '.2f')} | {_fmt(r.get('change_pct'), '+.1f')} | "
-                f"{_fmt(r.get('gbps'), '.0f')} | {_fmt(r.get('ceiling_pct'), '.0f')} | {r['verdict']} |")
+                f"{_fmt(r.get('gbps'), '.0f')} | {_fmt(r.get('ceiling_pct'), '.0f')} | {_fmt(r.get('tflops'), '.1f')} | "
+                f"{_fmt(r.get('matmul_pct'), '.0f')} | {r['verdict']} |")
 
     bad = [r for r in sort_worst_first(results) if r["verdict"] == "regression"]
     if bad:

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from pytest_moeperf import baselines, report, timing, verdict
+from pytest_moeperf import baselines, experts, report, timing, verdict
 
 RUN_KEY = pytest.StashKey()
 
@@ -204,9 +204,13 @@ class MoePerfRun:
         if self.plots:
             tr.write_line(f"pytest-moeperf: wrote {len(self.plots)} plots to {self.plot_dir}")
         if self.timer is None:
+            gemm = ""
+            if any("fused_experts" in scenario.ops for scenario, _ in self.entries.values()):
+                gemm = (f"; fused_experts with hidden and intermediate sizes cut to <= {experts.CPU_MOST_DIM} and at "
+                        f"most {experts.CPU_MOST_ROUTES} routes")
             tr.write_line("pytest-moeperf: no CUDA GPU here - correctness ran under the Triton interpreter "
-                          f"(batch sizes <= {self.cpu_max_batch}); skipped {self.skipped.get('timing', 0)} timing "
-                          f"tests and {self.skipped.get('correctness', 0)} correctness tests above the batch cap. "
+                          f"(batch sizes <= {self.cpu_max_batch}{gemm}); skipped {self.skipped.get('timing', 0)} "
+                          f"timing tests and {self.skipped.get('correctness', 0)} correctness tests above those caps. "
                           "Run on a GPU for those (pytest -rs lists them).")
 
 

@@ -9,7 +9,8 @@ import yaml
 from pytest_moeperf import models, routing, verdict
 
 DTYPES = ("bf16", "fp16", "auto", "fp8_w8a8", "int8_w8a16")
-OPS = ("permute", "unpermute", "align")
+OPS = ("permute", "unpermute", "align", "fused_experts")
+DEFAULT_OPS = ("permute", "unpermute", "align")  # a scenario without `ops`: the routing kernels
 BUILTIN_IMPLS = ("torch", "standard", "customized", "customized_scratch")
 VLLM_BATCH_SIZES = (1, 2, 4, 8, 16, 24, 32, 48, 64, 96, 128, 256, 512, 1024, 1536, 2048, 3072, 4096)
 DEFAULT_ALIGN_OP_BLOCK = 64  # block size of the `align` op when the scenario sets no align_block_size
@@ -283,7 +284,7 @@ def load(path: str | Path) -> Scenario:
                                                      for x in r.sequence(n, "batch_sizes")), VLLM_BATCH_SIZES)
     if len(set(batch_sizes)) != len(batch_sizes):
         raise r.error(fields["batch_sizes"], "batch_sizes", f"lists a size twice: {list(batch_sizes)}")
-    ops = get("ops", lambda n: _string_list(r, n, "ops", OPS), OPS)
+    ops = get("ops", lambda n: _string_list(r, n, "ops", OPS), DEFAULT_OPS)
     impls = get("impls", lambda n: _impls(r, n), None)
     tp_size = get("tp_size", lambda n: r.integer(n, "tp_size", minimum=1), 1)
     ep_size = get("ep_size", lambda n: r.integer(n, "ep_size", minimum=1), 1)

@@ -130,6 +130,32 @@ def copy_ceiling_gbps(device, spin_up_s: float = 0.5) -> float:
     return _ceiling_cache[key]
 
 
+_matmul_cache: dict[tuple[str, str], float] = {}
+
+
+def matmul_ceiling_tflops(device, kind: str, n: int = 8192) -> float:
+    """Dense n x n x n matrix-multiply throughput in TFLOP/s (2 n^3 per product), bf16 or fp8 (torch._scaled_mm,
+    bf16 out), measured once per process, device and kind: what fused_experts' TFLOP/s is a fraction of."""
+    key = (str(torch.device(device)), kind)
+    if key not in _matmul_cache:
+        a = torch.randn(n, n, device=device).to(torch.bfloat16)
+        b = torch.randn(n, n, device=device).to(torch.bfloat16).t()  # column-major, as _scaled_mm wants
+        if kind == "fp8":
+            a, b = a.to(torch.float8_e4m3fn), b.to(torch.float8_e4m3fn)
+            one = torch.ones((), device=device)
+
+            def call():
+                return torch._scaled_mm(a, b, scale_a=one, scale_b=one, out_dtype=torch.bfloat16)
+        else:
+            def call():
+                return a @ b
+        call()
+        m = measure([call], Timing(invocations=3, samples=20, warmup=3))
+        _matmul_cache[key] = 2 * n ** 3 / m.median / 1e6
+        del a, b
+    return _matmul_cache[key]
+
+
 class CudaTimer:
     """What the timing tests measure with on a GPU. Tests of the plugin give a fake one with the same methods."""
 
@@ -143,6 +169,7 @@ class CudaTimer:
     measure = staticmethod(measure)
     input_sets_for_cold_l2 = staticmethod(input_sets_for_cold_l2)
     ceiling_gbps = staticmethod(copy_ceiling_gbps)
+    matmul_ceiling_tflops = staticmethod(matmul_ceiling_tflops)
 
     @staticmethod
     def environment() -> dict:

@@ -45,6 +45,8 @@ class FakeTimer:
         return 2
     def ceiling_gbps(self, device):
         return 1000.0
+    def matmul_ceiling_tflops(self, device, kind):
+        return 500.0
     def environment(self):
         return {"device": "fake"}
     def gpu_uuid(self):
@@ -526,3 +528,49 @@ def test_loading_the_plugin_does_not_import_the_kernels():
             "print('kernels' in sys.modules)")
     done = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True)
     assert done.stdout.strip() == "False"
+
+
+GEMM = """
+shape: {num_experts: 8, topk: 2, hidden_size: 128, intermediate_size: 256}
+tp_size: 2
+dtypes: [bf16, fp8_w8a8]
+block_quant: [128, 128]
+batch_sizes: [1, 3]
+ops: [fused_experts]
+impls: [customized]
+timing: {samples: 20, warmup: 1, invocations: 2}
+"""
+
+
+def test_fused_experts_is_checked_and_timed_in_flops_and_weight_bytes(env):
+    env.makefile(".yaml", gemm=GEMM)
+    env.makeconftest(FAKE_TIMER)
+    result = env.runpytest("--moeperf", "gemm.yaml", "--moeperf-json", "out.json", "--moeperf-markdown", "out.md")
+    result.assert_outcomes(passed=4 + 4)
+    rows = json.loads((env.path / "out.json").read_text())["results"]
+    assert {(r["dtype"], r["M"]) for r in rows} == {("bf16", 1), ("bf16", 3), ("fp8_w8a8", 1), ("fp8_w8a8", 3)}
+    for r in rows:
+        H, N = 128, 256 // 2  # intermediate size per expert over tp_size
+        routes = 2 * r["M"]
+        flops = 2 * routes * 3 * N * H
+        assert r["tflops"] == pytest.approx(flops / r["median_us"] / 1e6)
+        assert r["matmul_pct"] == pytest.approx(100 * r["tflops"] / 500.0)
+        per_expert = 3 * N * H * (2 if r["dtype"] == "bf16" else 1)
+        assert r["bytes"] % per_expert == 0 and 1 <= r["bytes"] // per_expert <= min(8, routes)
+    assert "| TFLOP/s | % matmul |" in (env.path / "out.md").read_text()
+
+
+def test_a_wrong_fused_experts_fails_its_correctness_test(env):
+    env.makepyfile(mine="""
+from kernels import fused_experts
+def impls():
+    def off_by_a_bit(*args, **kwargs):
+        return fused_experts(*args, **kwargs) * 1.05
+    return {"fused_experts": off_by_a_bit}
+""")
+    env.makefile(".yaml", gemm=GEMM.replace("impls: [customized]", "impls: ['mine:impls']")
+                 .replace("dtypes: [bf16, fp8_w8a8]", "dtypes: [bf16]").replace("block_quant: [128, 128]\n", ""))
+    env.makeconftest(FAKE_TIMER)
+    result = env.runpytest("--moeperf", "gemm.yaml", "-k", "correctness")
+    result.assert_outcomes(failed=2)
+    result.stdout.fnmatch_lines(["*fused_experts: relative error *e-02 against the oracle, allowed 1e-02*"])
