@@ -16,25 +16,12 @@ from __future__ import annotations
 
 import torch
 
-from kernels import _checks, _gemm, _launch
+from kernels import _checks, _gemm, _launch, tuning
 from kernels._pipeline import cdiv
 from kernels.align import moe_align_block_size
 
 FP8 = torch.float8_e4m3fn
 FP8_MAX = 448.0
-
-
-def default_config(M: int, E: int, N: int, K: int, block_shape=None) -> dict:
-    """Launch config of the expert GEMMs without a tuned file: small row blocks while most experts get few routes."""
-    if _launch.INTERPRETED:
-        cfg = dict(BLOCK_SIZE_M=16, BLOCK_SIZE_N=32, BLOCK_SIZE_K=32, GROUP_SIZE_M=1, num_warps=4, num_stages=1)
-    elif M <= E:
-        cfg = dict(BLOCK_SIZE_M=16, BLOCK_SIZE_N=64, BLOCK_SIZE_K=128, GROUP_SIZE_M=1, num_warps=4, num_stages=4)
-    else:
-        cfg = dict(BLOCK_SIZE_M=64, BLOCK_SIZE_N=128, BLOCK_SIZE_K=64, GROUP_SIZE_M=8, num_warps=8, num_stages=3)
-    if block_shape is not None:  # a K step must stay inside one scale group
-        cfg["BLOCK_SIZE_K"] = min(cfg["BLOCK_SIZE_K"], block_shape[1])
-    return cfg
 
 
 def quantize_fp8(x: torch.Tensor, per_token: bool, group: int | None):
@@ -138,7 +125,8 @@ def fused_experts(hidden_states: torch.Tensor, w1: torch.Tensor, w2: torch.Tenso
                   config: dict | None = None) -> torch.Tensor:
     """The MoE layer's expert computation for hidden_states [M, H] (bf16 / fp16); returns [M, H] in its dtype.
     w1/w2 hold the local experts (E = w1.shape[0]); with expert_map (global id -> local id or -1),
-    global_num_experts is the length of the map. `config` overrides the launch config (the keys of vLLM's files)."""
+    global_num_experts is the length of the map. `config` overrides the launch config (the keys of vLLM's files);
+    without it the tuned file of this shape, mode and GPU is read (kernels/tuning.py), else the defaults."""
     M, H = _checks.check_hidden_states(hidden_states)
     if hidden_states.dtype not in (torch.bfloat16, torch.float16):
         raise ValueError(f"hidden_states must be bfloat16 or float16, got {_checks.describe(hidden_states)}")
@@ -169,7 +157,8 @@ def fused_experts(hidden_states: torch.Tensor, w1: torch.Tensor, w2: torch.Tenso
         s1 = s2 = (0, 0, 0)
     _launch.require_runnable(hidden_states, "hidden_states")
     x = hidden_states if hidden_states.stride(1) == 1 else hidden_states.contiguous()
-    cfg = config or default_config(M, E, N, H, block_shape)
+    mode = "fp8_w8a8" if use_fp8_w8a8 else "int8_w8a16" if use_int8_w8a16 else None
+    cfg = config or tuning.gemm_launch_config(M, k, E, N, w1.dtype, mode, block_shape, hidden_states.device)
     R = M * k
     sorted_ids, expert_ids, ntpp = moe_align_block_size(topk_ids, cfg["BLOCK_SIZE_M"], num_experts, expert_map)
     weights = topk_weights.reshape(-1)

@@ -1,27 +1,37 @@
-"""Launch parameters of the row-moving kernels (permute_rows_kernel / permute_fused_kernel, unpermute_kernel): their
-defaults, the search space a tuning run sweeps, and the tuned configs that a call reads for its shape and GPU.
+"""Launch parameters of the tunable kernels: their defaults, the search space a tuning run sweeps, and the tuned
+configs that a call reads for its shape and GPU (the entry of the nearest batch size, or the defaults without a
+file). Two families:
 
-A config is {"BLOCK_T": tokens per program, "BLOCK_H": hidden columns per program, "num_warps": ...}. Tuned configs
-live in kernels/configs/<name>.json (config_name()): {"triton": version, "configs": {"<batch size>": config}}; a call
-takes the entry of the nearest batch size, or the defaults without a file. The kernels have no pipelined loops, so
-num_stages is not a parameter.
+- the row-moving kernels (permute_rows_kernel / permute_fused_kernel, unpermute_kernel): {"BLOCK_T": tokens per
+  program, "BLOCK_H": hidden columns per program, "num_warps": ...}, in kernels/configs/<config_name()> as
+  {"triton": version, "configs": {"<batch size>": config}}. No pipelined loops, so no num_stages.
+- fused_experts' expert GEMM: vLLM's six parameters (GEMM_KEYS) in files named and shaped like vLLM's
+  (gemm_config_name(): "E=8,N=14336,device_name=NVIDIA_H100_80GB_HBM3.json", {"<batch size>": config, ...}), so
+  that the files are interchangeable with vLLM's.
 """
 from __future__ import annotations
 
 import contextlib
 import functools
+import itertools
 import json
 import re
 import typing
 from pathlib import Path
 
 import torch
+import triton
 
 from kernels import _launch
 
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
-OPS = ("permute", "unpermute")
+OPS = ("permute", "unpermute", "fused_experts")
 KEYS = ("BLOCK_T", "BLOCK_H", "num_warps")
+GEMM_KEYS = ("BLOCK_SIZE_M", "BLOCK_SIZE_N", "BLOCK_SIZE_K", "GROUP_SIZE_M", "num_warps", "num_stages")
+GEMM_SPACE = {"BLOCK_SIZE_M": (16, 32, 64, 128, 256), "BLOCK_SIZE_N": (32, 64, 128, 256),
+              "BLOCK_SIZE_K": (64, 128, 256), "GROUP_SIZE_M": (1, 16, 32, 64), "num_warps": (4, 8),
+              "num_stages": (2, 3, 4, 5)}  # vLLM's benchmark_moe.py sweep
+GEMM_SHARED_BYTES = 227 * 1024  # an H100 SM's shared memory per block: pipelined tiles beyond it cannot launch
 MOST_TILE_BYTES = 32768  # a program's tile: larger tiles spill registers
 MOST_ROUTES_RANKED = 128  # permute_fused_kernel ranks BLOCK_T * k routes pairwise (a square of that many)
 
@@ -89,22 +99,111 @@ def search_space(op: str, H: int, M: int, k: int, elem_bytes: int) -> list[dict]
     return out
 
 
+def gemm_config_name(E: int, N: int, device: str, dtype_mode: str | None, block_shape) -> str:
+    """vLLM's name for fused_experts' tuned configs: E local experts, N = w2.shape[2]; dtype only when quantized."""
+    dtype = f",dtype={dtype_mode}" if dtype_mode else ""
+    block = f",block_shape={list(block_shape)}" if block_shape else ""
+    return f"E={E},N={N},device_name={device}{dtype}{block}.json"
+
+
+def gemm_default(M: int, E: int, block_shape=None) -> dict:
+    """fused_experts' GEMM config without a tuned file: small row blocks while most experts get few routes."""
+    if _launch.INTERPRETED:
+        cfg = dict(BLOCK_SIZE_M=16, BLOCK_SIZE_N=32, BLOCK_SIZE_K=32, GROUP_SIZE_M=1, num_warps=4, num_stages=1)
+    elif M <= E:
+        cfg = dict(BLOCK_SIZE_M=16, BLOCK_SIZE_N=64, BLOCK_SIZE_K=128, GROUP_SIZE_M=1, num_warps=4, num_stages=4)
+    else:
+        cfg = dict(BLOCK_SIZE_M=64, BLOCK_SIZE_N=128, BLOCK_SIZE_K=64, GROUP_SIZE_M=8, num_warps=8, num_stages=3)
+    if block_shape is not None:  # a K step must stay inside one scale group
+        cfg["BLOCK_SIZE_K"] = min(cfg["BLOCK_SIZE_K"], block_shape[1])
+    return cfg
+
+
+def gemm_problem_with(config: dict, elem_bytes: int, block_shape) -> str | None:
+    """Why this GEMM config cannot run (None when it can)."""
+    if set(config) != set(GEMM_KEYS):
+        return f"a config has exactly the keys {', '.join(GEMM_KEYS)}, got {sorted(config)}"
+    for key, value in config.items():
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            return f"{key} must be a positive integer, got {value!r}"
+    bm, bn, bk = config["BLOCK_SIZE_M"], config["BLOCK_SIZE_N"], config["BLOCK_SIZE_K"]
+    if block_shape is not None and block_shape[1] % bk:
+        return f"BLOCK_SIZE_K {bk} must divide the quantization block's {block_shape[1]} columns"
+    if (bm + bn) * bk * elem_bytes * config["num_stages"] > GEMM_SHARED_BYTES:
+        return f"{config['num_stages']} stages of {bm}x{bk} and {bk}x{bn} tiles are over the shared memory"
+    return None
+
+
+def gemm_search_space(M: int, k: int, E: int, elem_bytes: int, block_shape) -> list[dict]:
+    """vLLM's sweep for one batch size, the default first; pruned before any launch: K steps that straddle a
+    quantization block, pipelines over the shared memory, and row blocks wider than all the batch's routes."""
+    default = gemm_default(M, E, block_shape)
+    if _launch.INTERPRETED:  # the interpreter times nothing: a few configs that check the plumbing
+        return [default, dict(default, BLOCK_SIZE_N=64), dict(default, GROUP_SIZE_M=4)]
+    out = [default]
+    most_m = max(16, _launch.next_pow2(M * k))
+    for values in itertools.product(*(GEMM_SPACE[key] for key in GEMM_KEYS)):
+        c = dict(zip(GEMM_KEYS, values))
+        if c != default and c["BLOCK_SIZE_M"] <= most_m and gemm_problem_with(c, elem_bytes, block_shape) is None:
+            out.append(c)
+    return out
+
+
+def read_table(path: Path, op: str) -> dict[int, dict]:
+    """{batch size: config} of op's config file ({} when there is none); a malformed file is an error naming it."""
+    return _load_gemm_table(path) if op == "fused_experts" else load_table(path)
+
+
+def file_data(op: str, table: dict[int, dict]) -> dict:
+    """What op's config file holds for `table`, sorted by batch size."""
+    configs = {str(m): {key: table[m][key] for key in sorted(table[m])} for m in sorted(table)}
+    if op == "fused_experts":
+        return {"triton_version": triton.__version__, **configs}
+    return {"triton": triton.__version__, "configs": configs}
+
+
+def _unreadable(path: Path, e: Exception) -> ConfigError:
+    return ConfigError(f"tuned config file {path} is unreadable ({type(e).__name__}: {e}); fix or delete it")
+
+
+def _check_keys(path: Path, table: dict[int, dict], keys) -> dict[int, dict]:
+    for m, c in table.items():
+        if set(c) != set(keys):
+            raise ConfigError(f"tuned config file {path}, batch size {m}: needs exactly {', '.join(keys)}, got "
+                              f"{sorted(c)}")
+    return table
+
+
 @functools.lru_cache(maxsize=None)
 def load_table(path: Path) -> dict[int, dict]:
-    """{batch size: config} of a config file ({} when there is none); a malformed file is an error naming it."""
+    """{batch size: config} of a row-kernel config file ({} when there is none)."""
     if not path.exists():
         return {}
     try:
         data = json.loads(path.read_text())
         table = {int(m): dict(c) for m, c in data["configs"].items()}
     except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
-        raise ConfigError(f"tuned config file {path} is unreadable ({type(e).__name__}: {e}); fix or delete it") \
-            from None
-    for m, c in table.items():
-        if set(c) != set(KEYS):
-            raise ConfigError(f"tuned config file {path}, batch size {m}: needs exactly {', '.join(KEYS)}, got "
-                              f"{sorted(c)}")
-    return table
+        raise _unreadable(path, e) from None
+    return _check_keys(path, table, KEYS)
+
+
+@functools.lru_cache(maxsize=None)
+def _load_gemm_table(path: Path) -> dict[int, dict]:
+    """{batch size: config} of a vLLM-style file (its "triton_version" entry, if any, is not a batch size)."""
+    if not path.exists():
+        return {}
+    try:
+        data = json.loads(path.read_text())
+        table = {int(m): dict(c) for m, c in data.items() if m != "triton_version"}
+    except (OSError, ValueError, TypeError, AttributeError) as e:
+        raise _unreadable(path, e) from None
+    return _check_keys(path, table, GEMM_KEYS)
+
+
+def clear_cache() -> None:
+    """Forget the files read so far (after writing one, or when the folder changes)."""
+    load_table.cache_clear()
+    _load_gemm_table.cache_clear()
 
 
 @contextlib.contextmanager
@@ -114,22 +213,30 @@ def configs_from(folder: Path):
     global CONFIG_DIR
     saved = CONFIG_DIR
     CONFIG_DIR = Path(folder)
-    load_table.cache_clear()
+    clear_cache()
     try:
         yield
     finally:
         CONFIG_DIR = saved
-        load_table.cache_clear()
+        clear_cache()
 
 
 class Lookup(typing.NamedTuple):
-    """What a call asked for: its op, shape and element size, and the config file name that answers it."""
+    """What a call asked for: the config file name that answers it, its op and batch size, and what its search space
+    depends on (candidates()): (H, k, elem_bytes) for the row kernels, (k, E, elem_bytes, block_shape) for
+    fused_experts."""
     name: str
     op: str
     M: int
-    H: int
-    k: int
-    elem_bytes: int
+    shape: tuple
+
+
+def candidates(lookup: Lookup) -> list[dict]:
+    """The search space of what a call looked up, the default first."""
+    if lookup.op == "fused_experts":
+        return gemm_search_space(lookup.M, *lookup.shape)
+    H, k, elem_bytes = lookup.shape
+    return search_space(lookup.op, H, lookup.M, k, elem_bytes)
 
 
 _forced: list[tuple[str, dict]] = []
@@ -162,20 +269,43 @@ def launch_config(op: str, M: int, H: int, k: int, dtype: torch.dtype, device: t
     """The config a call uses: a forced one, else the tuned entry of the nearest batch size for this shape and GPU,
     else the defaults. A tuned entry that cannot run for the shape is an error naming its file."""
     elem_bytes = dtype.itemsize
-    name = config_name(op, H, k, dtype, device_name(device), E)
-    for seen in _recording:
-        seen.append(Lookup(name, op, M, H, k, elem_bytes))
-    force = [config for forced_op, config in _forced if forced_op == op]
-    if force:
-        config, where = force[-1], "the forced config"
-    else:
-        path = CONFIG_DIR / name
-        table = load_table(path)
-        if not table:
-            return default_config(H, M, elem_bytes)
-        nearest = min(table, key=lambda m: (abs(m - M), m))
-        config, where = table[nearest], f"{path}, batch size {nearest}"
+    lookup = Lookup(config_name(op, H, k, dtype, device_name(device), E), op, M, (H, k, elem_bytes))
+    config, where = _chosen(lookup)
+    if config is None:
+        return default_config(H, M, elem_bytes)
     why = problem_with(config, op, H, k, elem_bytes)
     if why:
         raise ConfigError(f"{where}: {why}")
     return config
+
+
+def gemm_launch_config(M: int, k: int, E: int, N: int, weight_dtype: torch.dtype, dtype_mode: str | None,
+                       block_shape, device: torch.device) -> dict:
+    """fused_experts' GEMM config: forced, else the tuned entry of the nearest batch size in vLLM's file for this
+    shape, mode and GPU, else gemm_default()."""
+    elem_bytes = weight_dtype.itemsize
+    block_shape = tuple(block_shape) if block_shape else None  # hashable: lookups are collected in sets
+    name = gemm_config_name(E, N, device_name(device), dtype_mode, block_shape)
+    config, where = _chosen(Lookup(name, "fused_experts", M, (k, E, elem_bytes, block_shape)))
+    if config is None:
+        return gemm_default(M, E, block_shape)
+    why = gemm_problem_with(config, elem_bytes, block_shape)
+    if why:
+        raise ConfigError(f"{where}: {why}")
+    return config
+
+
+def _chosen(lookup: Lookup) -> tuple[dict | None, str]:
+    """(a forced config, or the tuned entry of the nearest batch size, or None; where it came from); the lookup is
+    recorded for recording()."""
+    for seen in _recording:
+        seen.append(lookup)
+    force = [config for forced_op, config in _forced if forced_op == lookup.op]
+    if force:
+        return force[-1], "the forced config"
+    path = CONFIG_DIR / lookup.name
+    table = read_table(path, lookup.op)
+    if not table:
+        return None, ""
+    nearest = min(table, key=lambda m: (abs(m - lookup.M), m))
+    return table[nearest], f"{path}, batch size {nearest}"

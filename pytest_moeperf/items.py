@@ -212,7 +212,7 @@ class TuneItem(_Item):
         if len(asked) != 1:
             pytest.skip(f"{self.impl.name} {self.op} reads {len(asked)} tuned configs per call, not one")
         lookup = asked.pop()
-        space = tuning.search_space(self.op, lookup.H, lookup.M, lookup.k, lookup.elem_bytes)
+        space = tuning.candidates(lookup)
         runnable, failed = [], []
         for config in space:  # compiled before taking the GPU's timing lock: workers sharing a GPU compile together
             try:
@@ -240,6 +240,6 @@ class TuneItem(_Item):
         default_us = next(us for us, c in final if c == space[0])
         with tuning.forced(best, self.op):
             self.impl.check(self.op, p)
-        result = {"file": lookup.name, "M": self.M, "config": best, "median_us": best_us, "default_us": default_us,
+        result = {"file": lookup.name, "op": self.op, "M": self.M, "config": best, "median_us": best_us, "default_us": default_us,
                   "candidates": len(space), "failed": failed, "key": self.key, "scenario": self.scenario.name}
         self.user_properties.append(("moeperf_tune", json.dumps(result)))

@@ -574,3 +574,18 @@ def impls():
     result = env.runpytest("--moeperf", "gemm.yaml", "-k", "correctness")
     result.assert_outcomes(failed=2)
     result.stdout.fnmatch_lines(["*fused_experts: relative error *e-02 against the oracle, allowed 1e-02*"])
+
+
+def test_tuning_fused_experts_writes_a_vllm_style_file(configs, env):
+    from kernels import tuning
+
+    env.makefile(".yaml", gemm=GEMM.replace("dtypes: [bf16, fp8_w8a8]", "dtypes: [bf16]").replace(
+        "block_quant: [128, 128]\n", ""))
+    env.makeconftest(FAKE_TIMER)
+    result = env.runpytest("--moeperf", "gemm.yaml", "--moeperf-tune", "-k", "tuning")
+    result.assert_outcomes(passed=2)
+    name = tuning.gemm_config_name(8, 128, tuning.device_name(torch.device(DEVICE)), None, None)
+    result.stdout.fnmatch_lines([f"*wrote 2 tuned configs to *{name}*"])
+    data = json.loads((configs / name).read_text())
+    assert list(data) == ["triton_version", "1", "3"]
+    assert all(set(data[m]) == set(tuning.GEMM_KEYS) for m in ("1", "3"))

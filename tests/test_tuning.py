@@ -5,7 +5,7 @@ import pytest
 import torch
 
 import kernels
-from kernels import tuning
+from kernels import _launch, tuning
 from kernels._launch import next_pow2
 from pytest_moeperf import compare, reference
 from tests.cases import Case, make_inputs
@@ -113,9 +113,56 @@ def test_merging_keeps_other_entries_and_never_overwrites_an_unreadable_file(con
     a = {"BLOCK_T": 1, "BLOCK_H": 64, "num_warps": 2}
     b = {"BLOCK_T": 2, "BLOCK_H": 32, "num_warps": 2}
     write_configs(config_dir, "x.json", {"16": a, "2": a})
-    tuned.merge(config_dir, "x.json", {2: b, 100: b})
+    tuned.merge(config_dir, "x.json", {2: b, 100: b}, "permute")
     data = json.loads((config_dir / "x.json").read_text())
     assert data["configs"] == {"2": b, "16": a, "100": b} and list(data["configs"]) == ["2", "16", "100"]
     (config_dir / "bad.json").write_text("{oops")
-    written, errors = tuned.write_all([{"file": "bad.json", "M": 1, "config": a}])
+    written, errors = tuned.write_all([{"file": "bad.json", "op": "permute", "M": 1, "config": a}])
     assert written == [] and "bad.json" in errors[0] and (config_dir / "bad.json").read_text() == "{oops"
+
+
+GEMM_A = {"BLOCK_SIZE_M": 16, "BLOCK_SIZE_N": 64, "BLOCK_SIZE_K": 32, "GROUP_SIZE_M": 1, "num_warps": 4,
+          "num_stages": 1}
+
+
+def test_gemm_files_are_named_and_shaped_like_vllms(config_dir):
+    from pytest_moeperf import tuned
+
+    assert tuning.gemm_config_name(8, 14336, "NVIDIA_H100_80GB_HBM3", None, None) == \
+        "E=8,N=14336,device_name=NVIDIA_H100_80GB_HBM3.json"
+    assert tuning.gemm_config_name(256, 2048, "NVIDIA_H100_80GB_HBM3", "fp8_w8a8", [128, 128]) == \
+        "E=256,N=2048,device_name=NVIDIA_H100_80GB_HBM3,dtype=fp8_w8a8,block_shape=[128, 128].json"
+    name = tuning.gemm_config_name(256, 2048, "cpu", "fp8_w8a8", [128, 128])
+    # vLLM's own file (batch sizes at the top level, "triton_version" beside them) is read as it is
+    b = dict(GEMM_A, BLOCK_SIZE_N=32)
+    (config_dir / name).write_text(json.dumps({"triton_version": "3.4.0", "1": GEMM_A, "64": b}))
+    cpu = torch.device("cpu")
+    get = lambda M: tuning.gemm_launch_config(M, 8, 256, 2048, torch.float8_e4m3fn, "fp8_w8a8", [128, 128], cpu)  # noqa
+    assert (get(1), get(20), get(40), get(5000)) == (GEMM_A, GEMM_A, b, b)
+    tuned.merge(config_dir, name, {16: b}, "fused_experts")
+    data = json.loads((config_dir / name).read_text())
+    assert list(data) == ["triton_version", "1", "16", "64"] and data["16"] == b and data["1"] == GEMM_A
+
+
+def test_gemm_configs_that_cannot_run_are_refused(config_dir):
+    name = tuning.gemm_config_name(8, 64, "cpu", "fp8_w8a8", [128, 128])
+    (config_dir / name).write_text(json.dumps({"1": dict(GEMM_A, BLOCK_SIZE_K=256)}))
+    with pytest.raises(tuning.ConfigError, match="BLOCK_SIZE_K 256 must divide"):
+        tuning.gemm_launch_config(1, 2, 8, 64, torch.float8_e4m3fn, "fp8_w8a8", [128, 128], torch.device("cpu"))
+    (config_dir / name).write_text(json.dumps({"1": {"BLOCK_SIZE_M": 16}}))
+    tuning.clear_cache()
+    with pytest.raises(tuning.ConfigError, match="needs exactly BLOCK_SIZE_M, BLOCK_SIZE_N"):
+        tuning.gemm_launch_config(1, 2, 8, 64, torch.float8_e4m3fn, "fp8_w8a8", [128, 128], torch.device("cpu"))
+
+
+def test_gemm_search_space_is_vllms_pruned(monkeypatch):
+    monkeypatch.setattr(_launch, "INTERPRETED", False)  # the GPU's space (the interpreter's is a smoke test)
+    full = 5 * 4 * 3 * 4 * 2 * 4
+    space = tuning.gemm_search_space(4096, 2, 8, 2, None)
+    assert space[0] == tuning.gemm_default(4096, 8) and len(space) < full
+    assert all(tuning.gemm_problem_with(c, 2, None) is None for c in space)
+    assert {c["BLOCK_SIZE_K"] for c in space} == {64, 128, 256} and {c["num_stages"] for c in space} == {2, 3, 4, 5}
+    block = tuning.gemm_search_space(4096, 8, 256, 1, [128, 128])
+    assert {c["BLOCK_SIZE_K"] for c in block} == {64, 128}  # 256 would straddle a 128-column scale block
+    small = tuning.gemm_search_space(1, 2, 8, 2, None)
+    assert {c["BLOCK_SIZE_M"] for c in small} == {16}  # two routes: wider row blocks only hold padding
