@@ -149,9 +149,26 @@ def gemm_search_space(M: int, k: int, E: int, elem_bytes: int, block_shape) -> l
     return out
 
 
+@functools.lru_cache(maxsize=None)
 def read_table(path: Path, op: str) -> dict[int, dict]:
-    """{batch size: config} of op's config file ({} when there is none); a malformed file is an error naming it."""
-    return _load_gemm_table(path) if op == "fused_experts" else load_table(path)
+    """{batch size: config} of op's config file ({} when there is none); a malformed file is an error naming it.
+    vLLM-style files (fused_experts) hold the batch sizes at the top level beside "triton_version"."""
+    if not path.exists():
+        return {}
+    gemm = op == "fused_experts"
+    try:
+        data = json.loads(path.read_text())
+        entries = data if gemm else data["configs"]
+        table = {int(m): dict(c) for m, c in entries.items() if m != "triton_version"}
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
+        raise ConfigError(f"tuned config file {path} is unreadable ({type(e).__name__}: {e}); fix or delete it") \
+            from None
+    keys = GEMM_KEYS if gemm else KEYS
+    for m, c in table.items():
+        if set(c) != set(keys):
+            raise ConfigError(f"tuned config file {path}, batch size {m}: needs exactly {', '.join(keys)}, got "
+                              f"{sorted(c)}")
+    return table
 
 
 def file_data(op: str, table: dict[int, dict]) -> dict:
@@ -162,48 +179,9 @@ def file_data(op: str, table: dict[int, dict]) -> dict:
     return {"triton": triton.__version__, "configs": configs}
 
 
-def _unreadable(path: Path, e: Exception) -> ConfigError:
-    return ConfigError(f"tuned config file {path} is unreadable ({type(e).__name__}: {e}); fix or delete it")
-
-
-def _check_keys(path: Path, table: dict[int, dict], keys) -> dict[int, dict]:
-    for m, c in table.items():
-        if set(c) != set(keys):
-            raise ConfigError(f"tuned config file {path}, batch size {m}: needs exactly {', '.join(keys)}, got "
-                              f"{sorted(c)}")
-    return table
-
-
-@functools.lru_cache(maxsize=None)
-def load_table(path: Path) -> dict[int, dict]:
-    """{batch size: config} of a row-kernel config file ({} when there is none)."""
-    if not path.exists():
-        return {}
-    try:
-        data = json.loads(path.read_text())
-        table = {int(m): dict(c) for m, c in data["configs"].items()}
-    except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
-        raise _unreadable(path, e) from None
-    return _check_keys(path, table, KEYS)
-
-
-@functools.lru_cache(maxsize=None)
-def _load_gemm_table(path: Path) -> dict[int, dict]:
-    """{batch size: config} of a vLLM-style file (its "triton_version" entry, if any, is not a batch size)."""
-    if not path.exists():
-        return {}
-    try:
-        data = json.loads(path.read_text())
-        table = {int(m): dict(c) for m, c in data.items() if m != "triton_version"}
-    except (OSError, ValueError, TypeError, AttributeError) as e:
-        raise _unreadable(path, e) from None
-    return _check_keys(path, table, GEMM_KEYS)
-
-
 def clear_cache() -> None:
     """Forget the files read so far (after writing one, or when the folder changes)."""
-    load_table.cache_clear()
-    _load_gemm_table.cache_clear()
+    read_table.cache_clear()
 
 
 @contextlib.contextmanager
