@@ -44,49 +44,53 @@ def fp8_round_trip(x: torch.Tensor, per_token: bool, group: int | None, static_s
 
 
 def dequantize(w: torch.Tensor, scale, block_shape=None) -> torch.Tensor:
-    """Weights [E, n, k] as fp32: times one scale per expert, per output channel, or per [bn, bk] block."""
+    """Weights [n, k] of one expert as fp32: times its scale (a scalar), one per output channel ([n] or [n, 1]),
+    or one per [bn, bk] block ([ceil(n/bn), ceil(k/bk)])."""
     wf = w.float()
     if scale is None:
         return wf
     s = scale.float()
     if block_shape is not None:
         bn, bk = block_shape
-        s = s.repeat_interleave(bn, dim=1)[:, :w.shape[1]].repeat_interleave(bk, dim=2)[:, :, :w.shape[2]]
-        return wf * s
-    return wf * s.reshape(w.shape[0], -1, 1)
+        return wf * s.repeat_interleave(bn, dim=0)[:w.shape[0]].repeat_interleave(bk, dim=1)[:, :w.shape[1]]
+    return wf * s.reshape(-1, 1) if s.numel() > 1 else wf * s.reshape(())
 
 
 def fused_experts(hidden_states, w1, w2, topk_weights, topk_ids, *, use_fp8_w8a8=False, use_int8_w8a16=False,
                   per_channel_quant=False, global_num_experts=-1, expert_map=None, w1_scale=None, w2_scale=None,
                   a1_scale=None, a2_scale=None, block_shape=None):
-    """out [M, H] in hidden_states' dtype; see kernels/fused_moe.py for the contract."""
-    dtype = hidden_states.dtype
+    """out [M, H] in hidden_states' dtype; see kernels/fused_moe.py for the contract. Expert by expert on the input's
+    device (one expert's weights dequantized at a time), routes in ascending order."""
+    dtype, device = hidden_states.dtype, hidden_states.device
     M, H = hidden_states.shape
     k = topk_ids.shape[1]
     N = w2.shape[2]
     n_global = global_num_experts if expert_map is not None and global_num_experts > 0 else (
         expert_map.numel() if expert_map is not None else w1.shape[0])
-    local = local_expert_of_routes(topk_ids, n_global, expert_map).cpu()
+    local = local_expert_of_routes(topk_ids, n_global, expert_map).to(device)
     group = block_shape[1] if block_shape is not None else None
 
     def activations(x, static):
-        if not use_fp8_w8a8:
-            return x.float()
-        return fp8_round_trip(x, per_channel_quant, group, static)
+        return fp8_round_trip(x, per_channel_quant, group, static) if use_fp8_w8a8 else x.float()
 
-    w1f = dequantize(w1, w1_scale, block_shape).cpu()
-    w2f = dequantize(w2, w2_scale, block_shape).cpu()
-    x = activations(hidden_states.cpu(), a1_scale)
+    def scale_of(scales, e):
+        return None if scales is None else scales[e]
+
+    x = activations(hidden_states, a1_scale)
     routes = torch.nonzero(local >= 0).flatten()
-    tokens, experts = routes // k, local[routes]
-    # GEMM 1 and silu-and-mul per route, each rounded to the activation dtype as the contract stores them.
-    gate_up = torch.stack([x[t] @ w1f[e].T for t, e in zip(tokens.tolist(), experts.tolist())]) if len(routes) else \
-        torch.zeros(0, 2 * N)
-    gate_up = gate_up.to(dtype).float()
-    act = (torch.nn.functional.silu(gate_up[:, :N]) * gate_up[:, N:]).to(dtype)
+    experts = local[routes]
+    # GEMM 1 and silu-and-mul per route, each rounded to the activation dtype as the contract stores them; the
+    # fp8 scale of the intermediate spans all routes, so both GEMMs of an expert cannot run in one pass.
+    act = torch.zeros(len(routes), N, dtype=dtype, device=device)
+    for e in torch.unique(experts).tolist():
+        mine = torch.nonzero(experts == e).flatten()
+        h = (x[routes[mine] // k] @ dequantize(w1[e], scale_of(w1_scale, e), block_shape).T).to(dtype).float()
+        act[mine] = (torch.nn.functional.silu(h[:, :N]) * h[:, N:]).to(dtype)
     act = activations(act, a2_scale) if len(routes) else act.float()
-    out = torch.zeros(M, H)
-    weights = topk_weights.reshape(-1).float().cpu()
-    for i, (r, t, e) in enumerate(zip(routes.tolist(), tokens.tolist(), experts.tolist())):
-        out[t] += ((act[i] @ w2f[e].T) * weights[r]).to(dtype).float()
-    return out.to(dtype).to(hidden_states.device)
+    out = torch.zeros(M, H, device=device)
+    weights = topk_weights.reshape(-1).float()
+    for e in torch.unique(experts).tolist():
+        mine = torch.nonzero(experts == e).flatten()
+        y = act[mine] @ dequantize(w2[e], scale_of(w2_scale, e), block_shape).T * weights[routes[mine], None]
+        out.index_add_(0, routes[mine] // k, y.to(dtype).float())
+    return out.to(dtype)
