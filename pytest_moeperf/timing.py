@@ -152,7 +152,6 @@ def matmul_ceiling_tflops(device, kind: str, n: int = 8192) -> float:
         call()
         m = measure([call], Timing(invocations=3, samples=20, warmup=3))
         _matmul_cache[key] = 2 * n ** 3 / m.median / 1e6
-        del a, b
     return _matmul_cache[key]
 
 
