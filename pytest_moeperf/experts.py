@@ -14,10 +14,10 @@ import math
 import torch
 
 from pytest_moeperf import reference
+from pytest_moeperf.reference_experts import FP8_MAX
 
 CPU_MOST_DIM = 128
 CPU_MOST_ROUTES = 64  # batch x topk fused_experts is checked at under the interpreter (E = 256, M = 16: ~35 s)
-FP8_MAX = 448.0
 WEIGHT_BLOCK = (128, 128)  # block_shape of fp8 block quantization (DeepSeek-V3's checkpoints)
 
 
@@ -38,19 +38,23 @@ def dims(scenario, device) -> tuple[int, int]:
     return H, N
 
 
-def _quantized(w: torch.Tensor, dtype: str, block_quant: bool):
-    """(weights of one expert as stored, their scales) for a dtype mode."""
-    if dtype == "int8_w8a16":
+def quantize_expert(w: torch.Tensor, scheme: str, block=WEIGHT_BLOCK):
+    """(one expert's weights [n, k] as a checkpoint stores them, their scales) for a scheme: "int8" (per output
+    channel, [n]), "fp8" (one scale, 0-D), "fp8-channel" ([n, 1]) or "fp8-block" (one per block, [n/bn, k/bk])."""
+    if scheme == "int8":
         s = w.abs().amax(dim=1).clamp(min=1e-12) / 127
         return torch.round(w / s[:, None]).clamp(-127, 127).to(torch.int8), s
-    if block_quant:
+    if scheme == "fp8-block":
         n, k = w.shape
-        bn, bk = WEIGHT_BLOCK
+        bn, bk = block
         pad = torch.nn.functional.pad(w, (0, -k % bk, 0, -n % bn))
         blocks = pad.view(pad.shape[0] // bn, bn, pad.shape[1] // bk, bk)
         s = blocks.abs().amax(dim=(1, 3)).clamp(min=1e-12) / FP8_MAX
         q = (blocks / s[:, None, :, None]).view_as(pad)[:n, :k]
         return q.to(torch.float8_e4m3fn), s
+    if scheme == "fp8-channel":
+        s = w.abs().amax(dim=1, keepdim=True).clamp(min=1e-12) / FP8_MAX
+        return (w / s).to(torch.float8_e4m3fn), s
     s = w.abs().amax().clamp(min=1e-12) / FP8_MAX
     return (w / s).to(torch.float8_e4m3fn), s.reshape(())
 
@@ -60,6 +64,7 @@ def _draw(scenario, dtype: str, device) -> ExpertWeights:
     E = scenario.num_local_experts
     g = torch.Generator(device=device).manual_seed(scenario.seed * 7919 + len(dtype))
     block = dtype == "fp8_w8a8" and scenario.block_quant is not None
+    scheme = "int8" if dtype == "int8_w8a16" else "fp8-block" if block else "fp8"
     stored = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp8_w8a8": torch.float8_e4m3fn,
               "int8_w8a16": torch.int8}[dtype]
     out, scales = {}, {}
@@ -71,7 +76,7 @@ def _draw(scenario, dtype: str, device) -> ExpertWeights:
             if dtype in ("bf16", "fp16"):
                 w[e] = x.to(stored)
                 continue
-            w[e], s = _quantized(x, dtype, block)
+            w[e], s = quantize_expert(x, scheme)
             scale.append(s)
         out[name] = w
         if scale:

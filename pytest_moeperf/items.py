@@ -240,6 +240,7 @@ class TuneItem(_Item):
         default_us = next(us for us, c in final if c == space[0])
         with tuning.forced(best, self.op):
             self.impl.check(self.op, p)
-        result = {"file": lookup.name, "op": self.op, "M": self.M, "config": best, "median_us": best_us, "default_us": default_us,
-                  "candidates": len(space), "failed": failed, "key": self.key, "scenario": self.scenario.name}
+        result = {"file": lookup.name, "op": self.op, "M": self.M, "config": best, "median_us": best_us,
+                  "default_us": default_us, "candidates": len(space), "failed": failed, "key": self.key,
+                  "scenario": self.scenario.name}
         self.user_properties.append(("moeperf_tune", json.dumps(result)))

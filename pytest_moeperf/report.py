@@ -79,8 +79,8 @@ def markdown(results: list[dict], environments: dict, tuned: list[dict] = ()) ->
     def row(r):
         return (f"| {r['scenario']} | {r['op']} | {r['impl']} | {r['dtype']} | {r['M']} | {_fmt(r['median_us'], '.2f')}"
                 f" | {_fmt(r.get('baseline_median_us'), '.2f')} | {_fmt(r.get('change_pct'), '+.1f')} | "
-                f"{_fmt(r.get('gbps'), '.0f')} | {_fmt(r.get('ceiling_pct'), '.0f')} | {_fmt(r.get('tflops'), '.1f')} | "
-                f"{_fmt(r.get('matmul_pct'), '.0f')} | {r['verdict']} |")
+                f"{_fmt(r.get('gbps'), '.0f')} | {_fmt(r.get('ceiling_pct'), '.0f')} | "
+                f"{_fmt(r.get('tflops'), '.1f')} | {_fmt(r.get('matmul_pct'), '.0f')} | {r['verdict']} |")
 
     bad = [r for r in sort_worst_first(results) if r["verdict"] == "regression"]
     if bad:

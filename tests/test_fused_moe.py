@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import kernels
-from pytest_moeperf import reference_experts
+from pytest_moeperf import experts, reference_experts
 
 MODE = {"none": None, "fp8": "fp8_w8a8", "int8": "int8_w8a16"}  # the dtype mode of each quantization here
 TOLERANCE = reference_experts.TOLERANCE
@@ -46,22 +46,10 @@ BLOCK = [32, 32]  # block_shape of the fp8-block case (vLLM's models use [128, 1
 
 
 def _quantize_weights(w: torch.Tensor, quant: str):
-    """(quantized weights, scales) the way a checkpoint holds them."""
-    E, n, k = w.shape
-    if quant == "int8":
-        s = w.abs().amax(dim=2) / 127
-        return torch.round(w / s[:, :, None]).clamp(-127, 127).to(torch.int8), s.float()
-    if quant == "fp8-block":
-        bn, bk = BLOCK
-        blocks = w.reshape(E, n // bn, bn, k // bk, bk)
-        s = blocks.abs().amax(dim=(2, 4)) / 448
-        q = (blocks / s[:, :, None, :, None]).to(torch.float8_e4m3fn).reshape(E, n, k)
-        return q, s.float()
-    if quant == "fp8-token":  # per output channel
-        s = w.abs().amax(dim=2, keepdim=True) / 448
-        return (w / s).to(torch.float8_e4m3fn), s.float()
-    s = w.abs().amax(dim=(1, 2)) / 448  # one per expert
-    return (w / s[:, None, None]).to(torch.float8_e4m3fn), s.float()
+    """(quantized weights [E, n, k], scales [E, ...]) the way a checkpoint holds them, expert by expert."""
+    scheme = {"int8": "int8", "fp8-block": "fp8-block", "fp8-token": "fp8-channel"}.get(quant, "fp8")
+    q, s = zip(*(experts.quantize_expert(we, scheme, BLOCK) for we in w))
+    return torch.stack(q), torch.stack(s).float()
 
 
 def make_case(case: GemmCase, device):

@@ -498,7 +498,8 @@ def pytest_runtest_logreport(report):
     assert [(r["M"], r["config"]["BLOCK_H"]) for r in tuned] == [(1, 64), (3, 64)]
     summary = (env.path / "tune.md").read_text()
     assert summary.startswith("## pytest-moeperf tuning") and "| small      | permute[customized-bf16-M3]" in summary
-    result.stdout.fnmatch_lines(["*pytest-moeperf tuning*", f"*permute[[]customized-bf16-M1[]]*  {candidates}  *BLOCK_H=64 "
+    result.stdout.fnmatch_lines(["*pytest-moeperf tuning*",
+                                 f"*permute[[]customized-bf16-M1[]]*  {candidates}  *BLOCK_H=64 "
                                  "BLOCK_T=1 num_warps=2*", "*permute[[]customized-bf16-M3[]]*(1 failed)*BLOCK_H=64 "
                                  "BLOCK_T=1 num_warps=2*", f"*wrote 2 tuned configs to *{name}*"])
     fast = {"BLOCK_H": 64, "BLOCK_T": 1, "num_warps": 2}
