@@ -9,11 +9,11 @@ C is defined. Scales (fp8_w8a8, int8_w8a16) are applied per K block (block quant
 import triton
 import triton.language as tl
 
-# Scale layouts (constexpr A_SCALE / B_SCALE).
-NO_SCALE = 0
-PER_TENSOR = 1  # A: one scalar; B: one scalar per expert
-PER_ROW = 2  # A: one per row (token); B: one per output channel of each expert
-PER_BLOCK = 3  # A: one per row and K group; B: one per (N group, K group) of each expert
+# Scale layouts (A_SCALE / B_SCALE; globals a kernel reads must be tl.constexpr, and launches pass `.value`).
+NO_SCALE = tl.constexpr(0)
+PER_TENSOR = tl.constexpr(1)  # A: one scalar; B: one scalar per expert
+PER_ROW = tl.constexpr(2)  # A: one per row (token); B: one per output channel of each expert
+PER_BLOCK = tl.constexpr(3)  # A: one per row and K group; B: one per (N group, K group) of each expert
 
 
 @triton.jit
@@ -26,16 +26,17 @@ def rounded(x, dtype: tl.constexpr, EMULATE_RTNE: tl.constexpr):
     return x.to(dtype)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["R", "GROUP_M"])  # one kernel for every batch size and group order
 def expert_gemm_kernel(a_ptr, b_ptr, c_ptr, a_scale_ptr, b_scale_ptr, w_ptr, sorted_ptr, expert_ids_ptr, ntpp_ptr,
                        R, N, K, stride_am, stride_be, stride_bn, stride_cm, stride_asm, stride_ask, stride_bse,
-                       stride_bsn, stride_bsk, group_n, group_k,
+                       stride_bsn, stride_bsk, group_n, group_k, GROUP_M,
                        ROW_DIV: tl.constexpr, MUL_WEIGHT: tl.constexpr, A_SCALE: tl.constexpr,
                        B_SCALE: tl.constexpr, B_TO_A: tl.constexpr, UPCAST: tl.constexpr,
-                       BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr):
+                       BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
     """A [rows, K] (row of route r = r // ROW_DIV), B [E, N, K] (K contiguous), C [R, N]; w = topk_weights (flat, R),
     multiplied in with MUL_WEIGHT. B_TO_A: B is int8 and is converted to A's dtype (int8_w8a16). UPCAST: multiply
-    in fp32 and round the output as a GPU does (the Triton interpreter's dot is wrong for bf16)."""
+    in fp32 and round the output as a GPU does (the Triton interpreter's dot is wrong for bf16). GROUP_M is a
+    runtime argument: it only orders the programs, so a tuning sweep does not compile a kernel per value."""
     pid = tl.program_id(0)
     num_m = tl.cdiv(tl.load(ntpp_ptr), BLOCK_M)
     num_n = tl.cdiv(N, BLOCK_N)

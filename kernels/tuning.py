@@ -16,6 +16,7 @@ import functools
 import itertools
 import json
 import re
+import threading
 import typing
 from pathlib import Path
 
@@ -217,29 +218,35 @@ def candidates(lookup: Lookup) -> list[dict]:
     return search_space(lookup.op, H, lookup.M, k, elem_bytes)
 
 
-_forced: list[tuple[str, dict]] = []
-_recording: list[list[Lookup]] = []
+_local = threading.local()  # per thread: a tuning run compiles its candidates in several threads at once
+
+
+def _stack(name: str) -> list:
+    """This thread's stack of forced configs ("forced": (op, config)) or recordings ("recording": [Lookup])."""
+    if not hasattr(_local, name):
+        setattr(_local, name, [])
+    return getattr(_local, name)
 
 
 @contextlib.contextmanager
 def forced(config: dict, op: str):
     """Calls of `op` made inside use this config (a tuning run timing its candidates); other ops are untouched."""
-    _forced.append((op, config))
+    _stack("forced").append((op, config))
     try:
         yield
     finally:
-        _forced.pop()
+        _stack("forced").pop()
 
 
 @contextlib.contextmanager
 def recording():
     """Yields a list that collects a Lookup for every call made inside (what a call reads)."""
     seen: list[Lookup] = []
-    _recording.append(seen)
+    _stack("recording").append(seen)
     try:
         yield seen
     finally:
-        _recording.pop()
+        _stack("recording").pop()
 
 
 def launch_config(op: str, M: int, H: int, k: int, dtype: torch.dtype, device: torch.device,
@@ -276,9 +283,9 @@ def gemm_launch_config(M: int, k: int, E: int, N: int, weight_dtype: torch.dtype
 def _chosen(lookup: Lookup) -> tuple[dict | None, str]:
     """(a forced config, or the tuned entry of the nearest batch size, or None; where it came from); the lookup is
     recorded for recording()."""
-    for seen in _recording:
+    for seen in _stack("recording"):
         seen.append(lookup)
-    force = [config for forced_op, config in _forced if forced_op == lookup.op]
+    force = [config for forced_op, config in _stack("forced") if forced_op == lookup.op]
     if force:
         return force[-1], "the forced config"
     path = CONFIG_DIR / lookup.name

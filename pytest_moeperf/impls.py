@@ -69,8 +69,9 @@ class Impl:
 
     align_any_order = False  # whether this align may order routes freely inside an expert
 
-    def check(self, op: str, p: Problem) -> None:
-        """Run the op and compare it with the reference under this implementation's contract."""
+    def check(self, op: str, p: Problem) -> float | None:
+        """Run the op and compare it with the reference under this implementation's contract; fused_experts returns
+        its relative error (the others are exact or within a fixed rounding bound)."""
         if op == "unpermute":
             self._check_unpermute(p)
         elif op == "fused_experts":
@@ -79,6 +80,7 @@ class Impl:
                                                                                                         **kwargs))
             limit = reference_experts.TOLERANCE[p.dtype]
             assert err <= limit, f"fused_experts: relative error {err:.2e} against the oracle, allowed {limit:.0e}"
+            return err
         elif op == "align":
             want = reference.moe_align_block_size(p.topk_ids, p.block_size, p.E, p.expert_map)
             compare.assert_align_matches(self.prepare(op, p)(), want, p.topk_ids, p.block_size, p.E,

@@ -1,12 +1,15 @@
 """Collectors and test items: a scenario file expands to correctness and timing tests of op x impl x dtype x M."""
 from __future__ import annotations
 
+import concurrent.futures
 import dataclasses
 import json
+import os
+import random
 
 import pytest
 
-from pytest_moeperf import experts, health, problem, verdict
+from pytest_moeperf import experts, health, problem, reference_experts, verdict
 from pytest_moeperf.impls import load_kernels
 from pytest_moeperf.report import junit_properties
 from pytest_moeperf.run_state import RUN_KEY
@@ -80,7 +83,9 @@ class CorrectnessItem(_Item):
         if self.run_state.device == "cpu" and self.op == "fused_experts" and routes > experts.CPU_MOST_ROUTES:
             pytest.skip(f"fused_experts checks at most {experts.CPU_MOST_ROUTES} routes (here {routes}) under the "
                         f"Triton interpreter; run on a GPU for the rest")
-        self.impl.check(self.op, self.problem())
+        error = self.impl.check(self.op, self.problem())
+        if error is not None:
+            self.user_properties.append(("moeperf_relative_error", f"{error:.3e}"))
 
 
 class TimingItem(_Item):
@@ -91,7 +96,7 @@ class TimingItem(_Item):
                         "only the correctness tests run, under the Triton interpreter)")
         first = self.problem()
         try:
-            self.impl.check(self.op, first)
+            error = self.impl.check(self.op, first)
         except AssertionError as e:
             pytest.skip(f"correctness failed, not timed: {str(e).splitlines()[0]}")
         payload, extra = problem.moved_bytes(self.op, first)
@@ -138,7 +143,8 @@ class TimingItem(_Item):
         if self.op == "fused_experts":  # compute-bound at large batches: also against a matmul ceiling
             tflops = experts.flops(first) / m.median / 1e6
             mm = timer.matmul_ceiling_tflops(first.hidden.device, "fp8" if self.dtype == "fp8_w8a8" else "bf16")
-            result.update(tflops=tflops, matmul_ceiling_tflops=mm, matmul_pct=100 * tflops / mm)
+            result.update(tflops=tflops, matmul_ceiling_tflops=mm, matmul_pct=100 * tflops / mm, relative_error=error,
+                          tolerance=reference_experts.TOLERANCE[self.dtype])
         if self.dtype == "int8_w8a16" and self.op != "fused_experts":
             result["note"] = " ".join(filter(None, [m.note, "int8_w8a16 moves 16-bit activations: it matches bf16 "
                                                              "by construction"]))
@@ -197,6 +203,7 @@ class TuneItem(_Item):
 
     IMPL = "customized"
     QUICK_SAMPLES = 20
+    QUICK_BUDGET_US = 50_000  # GPU time one candidate's quick timing may take (large-batch GEMMs take ms a call)
     FINALISTS = 3
 
     def runtest(self):
@@ -212,19 +219,13 @@ class TuneItem(_Item):
         if len(asked) != 1:
             pytest.skip(f"{self.impl.name} {self.op} reads {len(asked)} tuned configs per call, not one")
         lookup = asked.pop()
-        space = tuning.candidates(lookup)
-        runnable, failed = [], []
-        for config in space:  # compiled before taking the GPU's timing lock: workers sharing a GPU compile together
-            try:
-                with tuning.forced(config, self.op):
-                    call()
-                runnable.append(config)
-            except Exception as e:  # a candidate Triton cannot compile or launch here: leave it out, say so
-                if config == space[0]:
-                    raise
-                failed.append(f"{config}: {type(e).__name__}: {str(e).splitlines()[0][:120]}")
-        quick = dataclasses.replace(self.scenario.timing, samples=self.QUICK_SAMPLES)
+        space = whole = tuning.candidates(lookup)
+        cap = self.run_state.tune_max_configs
+        if cap is not None and len(whole) > cap:  # the default, and a seeded draw of the rest
+            space = whole[:1] + random.Random(self.key).sample(whole[1:], cap - 1)
+        runnable, failed = self._compile(space, call, tuning)
         with timer.lock():
+            quick = self._quick_timing(timer, call, space[0])
             timed = []
             for config in runnable:
                 with tuning.forced(config, self.op):
@@ -241,6 +242,48 @@ class TuneItem(_Item):
         with tuning.forced(best, self.op):
             self.impl.check(self.op, p)
         result = {"file": lookup.name, "op": self.op, "M": self.M, "config": best, "median_us": best_us,
-                  "default_us": default_us, "candidates": len(space), "failed": failed, "key": self.key,
-                  "scenario": self.scenario.name}
+                  "default_us": default_us, "candidates": len(space), "space": len(whole), "failed": failed,
+                  "key": self.key, "scenario": self.scenario.name}
         self.user_properties.append(("moeperf_tune", json.dumps(result)))
+
+    def _compile(self, space: list, call, tuning) -> tuple[list, list]:
+        """(candidates that ran, why the others did not): each candidate called once, in threads (Triton compiles
+        mostly outside the GIL), before the GPU's timing lock is taken, so workers sharing a GPU compile together."""
+        def attempt(config):
+            try:
+                with tuning.forced(config, self.op):
+                    call()
+                return None
+            except Exception as e:  # a candidate Triton cannot compile or launch here: left out, and said so
+                if config == space[0]:
+                    raise
+                return f"{config}: {type(e).__name__}: {str(e).splitlines()[0][:120]}"
+
+        threads = max(1, (os.cpu_count() or 1) // int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")))
+        order = compile_order(space)
+        with concurrent.futures.ThreadPoolExecutor(threads) as pool:
+            why = dict(zip(map(json.dumps, order), pool.map(attempt, order)))
+        runnable = [c for c in space if why[json.dumps(c)] is None]
+        return runnable, [w for w in why.values() if w is not None]
+
+    def _quick_timing(self, timer, call, default: dict):
+        """The scenario's timing cut to about QUICK_BUDGET_US per candidate, from one short timing of the default:
+        fewer calls per graph and samples where a call takes long, the scenario's own (up to QUICK_SAMPLES
+        samples) for microsecond kernels."""
+        timing = self.scenario.timing
+        tuning = load_kernels().tuning
+        with tuning.forced(default, self.op):
+            call_us = max(timer.measure([call], dataclasses.replace(timing, invocations=1, samples=3,
+                                                                    warmup=1)).median, 0.01)
+        invocations = max(1, min(timing.invocations, round(200 / call_us)))
+        samples = max(3, min(self.QUICK_SAMPLES, int(self.QUICK_BUDGET_US / (invocations * call_us))))
+        return dataclasses.replace(timing, invocations=invocations, samples=samples, warmup=min(timing.warmup, 2))
+
+
+def compile_order(space: list) -> list:
+    """The search space rotated by this xdist worker's share: workers tuning the same kernel at other batch sizes
+    start their compiles at different candidates, and then find the rest in Triton's cache."""
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0")
+    count = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    start = int(worker.removeprefix("gw") or 0) * len(space) // max(count, 1)
+    return space[start:] + space[:start]

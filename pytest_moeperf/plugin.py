@@ -46,6 +46,9 @@ def pytest_addoption(parser):
     group.addoption("--moeperf-tune", action="store_true", default=False,
                     help="instead of timing against baselines, time every launch config of the search space per "
                          "(op, dtype, batch size) and write the fastest to kernels/configs/ (GPU only)")
+    group.addoption("--moeperf-tune-max-configs", type=int, default=None, metavar="N",
+                    help="with --moeperf-tune: time the default and N-1 other configs drawn (seeded by the test) from "
+                         "the search space, instead of all of it; for sweeps too large for the time at hand")
     group.addoption("--moeperf-json", default=None, metavar="PATH", help="write results and environment as JSON")
     group.addoption("--moeperf-markdown", default=None, metavar="PATH",
                     help="write a markdown summary (also appended to $GITHUB_STEP_SUMMARY when set)")

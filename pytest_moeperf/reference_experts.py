@@ -11,12 +11,13 @@ import torch
 from pytest_moeperf.reference import local_expert_of_routes
 
 FP8_MAX = 448.0
-# Relative error ||out - oracle|| / ||oracle|| a kernel may show, per dtype mode. The oracle rounds where the kernel
-# stores, so what is left is summation order plus, with fp8, an activation landing on the other side of an fp8
-# rounding boundary. Under the Triton interpreter the kernels multiply in fp32 as the oracle does and tests/
-# test_fused_moe.py's cases measure 0 to 2e-6; these bounds are for the GPU, whose tensor cores sum in another order
-# (to be measured there).
-TOLERANCE = {"bf16": 1e-2, "fp16": 2e-3, "fp8_w8a8": 3e-2, "int8_w8a16": 1e-2}
+# Relative error ||out - oracle|| / ||oracle|| a kernel may show, per dtype mode: about twice the largest an H100
+# showed (2026-11-23, Triton 3.6, the scenarios' shapes at M = 1 to 4096, README "fused_experts"): bf16 1.25e-3,
+# fp16 2.6e-4, int8_w8a16 7.7e-4, fp8_w8a8 9.8e-3 (per-token activations, M = 16; block scales 5.6e-3). The oracle
+# rounds where the kernel stores, so what is left is the tensor cores' summation order plus, with fp8, an
+# intermediate value landing on the other side of an fp8 rounding step. Under the Triton interpreter, which
+# multiplies in fp32 as the oracle does, tests/test_fused_moe.py's cases measure 0 to 2e-6.
+TOLERANCE = {"bf16": 3e-3, "fp16": 6e-4, "fp8_w8a8": 2e-2, "int8_w8a16": 2e-3}
 
 
 def relative_error(got: torch.Tensor, want: torch.Tensor) -> float:

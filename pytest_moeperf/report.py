@@ -33,7 +33,11 @@ def table(results: list[dict]) -> str:
 
 def tuning_table(tuned: list[dict], tablefmt: str = "simple") -> str:
     """One row per tuning test: the winner against the default config, both timed as the timing tests time."""
-    rows = [[r["scenario"], r["key"], f"{r['candidates']}" + (f" ({len(r['failed'])} failed)" if r["failed"] else ""),
+    def configs(r):  # "150 of 1249 (2 failed)": how many were timed, of how large a space
+        drawn = f" of {r['space']}" if r.get("space", r["candidates"]) != r["candidates"] else ""
+        return f"{r['candidates']}{drawn}" + (f" ({len(r['failed'])} failed)" if r["failed"] else "")
+
+    rows = [[r["scenario"], r["key"], configs(r),
              _fmt(r["default_us"], ".2f"), _fmt(r["median_us"], ".2f"),
              _fmt(100 * (r["median_us"] / r["default_us"] - 1), "+.1f"),
              " ".join(f"{k}={v}" for k, v in sorted(r["config"].items()))]
@@ -43,8 +47,8 @@ def tuning_table(tuned: list[dict], tablefmt: str = "simple") -> str:
 
 
 def junit_properties(result: dict) -> list[tuple[str, object]]:
-    keys = ("median_us", "iqr_us", "min_us", "gbps", "ceiling_pct", "tflops", "matmul_pct", "baseline_median_us",
-            "change_pct", "verdict", "mode", "gpu")
+    keys = ("median_us", "iqr_us", "min_us", "gbps", "ceiling_pct", "tflops", "matmul_pct", "relative_error",
+            "baseline_median_us", "change_pct", "verdict", "mode", "gpu")
     return [(f"moeperf_{k}", result[k]) for k in keys if result.get(k) is not None]
 
 
@@ -73,14 +77,15 @@ def markdown(results: list[dict], environments: dict, tuned: list[dict] = ()) ->
     lines.append("- " + ", ".join(f"{n} {v}" for v, n in sorted(counts.items())) + f" ({len(results)} timing tests)")
     lines.append("")
     header = ("| scenario | op | impl | dtype | M | median us | baseline us | change % | GB/s | % ceiling | TFLOP/s | "
-              "% matmul | verdict |")
-    rule = "|" + "---|" * 13
+              "% matmul | rel. error | verdict |")
+    rule = "|" + "---|" * 14
 
     def row(r):
         return (f"| {r['scenario']} | {r['op']} | {r['impl']} | {r['dtype']} | {r['M']} | {_fmt(r['median_us'], '.2f')}"
                 f" | {_fmt(r.get('baseline_median_us'), '.2f')} | {_fmt(r.get('change_pct'), '+.1f')} | "
                 f"{_fmt(r.get('gbps'), '.0f')} | {_fmt(r.get('ceiling_pct'), '.0f')} | "
-                f"{_fmt(r.get('tflops'), '.1f')} | {_fmt(r.get('matmul_pct'), '.0f')} | {r['verdict']} |")
+                f"{_fmt(r.get('tflops'), '.1f')} | {_fmt(r.get('matmul_pct'), '.0f')} | "
+                f"{_fmt(r.get('relative_error'), '.1e')} | {r['verdict']} |")
 
     bad = [r for r in sort_worst_first(results) if r["verdict"] == "regression"]
     if bad:

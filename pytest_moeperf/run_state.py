@@ -44,6 +44,9 @@ class MoePerfRun:
             raise pytest.UsageError("--moeperf-inject-slowdown cannot be used with --update-baselines: an injected "
                                     "slowdown must never become a baseline")
         self.tune = opt("moeperf_tune")
+        self.tune_max_configs = opt("moeperf_tune_max_configs")
+        if self.tune_max_configs is not None and self.tune_max_configs < 1:
+            raise pytest.UsageError(f"--moeperf-tune-max-configs must be at least 1, got {self.tune_max_configs}")
         if self.tune and (self.update_baselines or self.inject_slowdown):
             raise pytest.UsageError("--moeperf-tune runs alone: tune first, then time and record baselines with the "
                                     "tuned configs in a second run")

@@ -1,0 +1,64 @@
+"""Compiles fused_experts' Triton kernels for an H100 (sm_90) without a GPU, in every operand and scale layout the
+launcher uses: the Triton interpreter runs kernels as Python and lets through code the GPU compiler rejects (a
+global read in a kernel, a dot of mismatched types). Run by tests/test_fused_moe.py in a process of its own, since
+TRITON_INTERPRET, set for the other tests, decides at import time what triton.jit makes.
+
+    python tests/hopper_compile.py   # prints one line per kernel compiled; exit status 1 on the first failure
+"""
+import os
+import sys
+from pathlib import Path
+
+assert os.environ.get("TRITON_INTERPRET", "0") in ("", "0"), "run without TRITON_INTERPRET"
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import triton  # noqa: E402
+from triton.backends.compiler import GPUTarget  # noqa: E402
+
+from kernels import _gemm  # noqa: E402
+
+HOPPER = GPUTarget("cuda", 90, 32)
+NOT_ALIGNED = {"R", "group_n", "group_k"}  # every other integer a launch passes is a multiple of 16 in the scenarios
+
+
+def compile_for_hopper(kernel, pointer_types: dict, constexprs: dict, **options):
+    """Compile `kernel` for sm_90: pointer arguments typed by pointer_types, other non-constexpr ones i32."""
+    signature, attrs = {}, {}
+    for i, p in enumerate(kernel.params):
+        if p.is_constexpr:
+            signature[p.name] = "constexpr"
+            continue
+        signature[p.name] = f"*{pointer_types[p.name]}" if p.name in pointer_types else "i32"
+        if p.name not in NOT_ALIGNED:
+            attrs[(i,)] = [["tt.divisibility", 16]]
+    src = triton.compiler.ASTSource(fn=kernel, signature=signature, constexprs=constexprs, attrs=attrs)
+    return triton.compile(src, target=HOPPER, options=options)
+
+
+# (A, B, C element types, A_SCALE, B_SCALE, B_TO_A): the modes fused_experts launches
+MODES = {
+    "bf16": ("bf16", "bf16", "bf16", _gemm.NO_SCALE, _gemm.NO_SCALE, False),
+    "fp16": ("fp16", "fp16", "fp16", _gemm.NO_SCALE, _gemm.NO_SCALE, False),
+    "int8_w8a16": ("bf16", "i8", "bf16", _gemm.NO_SCALE, _gemm.PER_ROW, True),
+    "fp8 per tensor": ("fp8e4nv", "fp8e4nv", "bf16", _gemm.PER_TENSOR, _gemm.PER_TENSOR, False),
+    "fp8 per token/channel": ("fp8e4nv", "fp8e4nv", "bf16", _gemm.PER_ROW, _gemm.PER_ROW, False),
+    "fp8 block": ("fp8e4nv", "fp8e4nv", "bf16", _gemm.PER_BLOCK, _gemm.PER_BLOCK, False),
+}
+
+
+def main() -> int:
+    for i, (mode, (a, b, c, a_scale, b_scale, b_to_a)) in enumerate(MODES.items()):
+        pointers = dict(a_ptr=a, b_ptr=b, c_ptr=c, a_scale_ptr="fp32", b_scale_ptr="fp32", w_ptr="fp32",
+                        sorted_ptr="i32", expert_ids_ptr="i32", ntpp_ptr="i32")
+        constexprs = dict(ROW_DIV=2, MUL_WEIGHT=i % 2 == 1, A_SCALE=a_scale.value, B_SCALE=b_scale.value,
+                          B_TO_A=b_to_a, UPCAST=False, BLOCK_M=64, BLOCK_N=128, BLOCK_K=64)
+        k = compile_for_hopper(_gemm.expert_gemm_kernel, pointers, constexprs, num_warps=8, num_stages=3)
+        print(f"expert_gemm_kernel {mode}: {k.metadata.shared} bytes of shared memory")
+    for t in ("bf16", "fp16"):
+        compile_for_hopper(_gemm.silu_and_mul_kernel, dict(x_ptr=t, out_ptr=t), dict(EMULATE_RTNE=False, BLOCK=1024))
+        print(f"silu_and_mul_kernel {t}: compiled")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
