@@ -225,7 +225,7 @@ class TuneItem(_Item):
             space = whole[:1] + random.Random(self.key).sample(whole[1:], cap - 1)
         runnable, failed = self._compile(space, call, tuning)
         with timer.lock():
-            quick = self._quick_timing(timer, call, space[0])
+            quick = self._quick_timing(timer, call, space[0], tuning)
             timed = []
             for config in runnable:
                 with tuning.forced(config, self.op):
@@ -266,12 +266,11 @@ class TuneItem(_Item):
         runnable = [c for c in space if why[json.dumps(c)] is None]
         return runnable, [w for w in why.values() if w is not None]
 
-    def _quick_timing(self, timer, call, default: dict):
+    def _quick_timing(self, timer, call, default: dict, tuning):
         """The scenario's timing cut to about QUICK_BUDGET_US per candidate, from one short timing of the default:
         fewer calls per graph and samples where a call takes long, the scenario's own (up to QUICK_SAMPLES
         samples) for microsecond kernels."""
         timing = self.scenario.timing
-        tuning = load_kernels().tuning
         with tuning.forced(default, self.op):
             call_us = max(timer.measure([call], dataclasses.replace(timing, invocations=1, samples=3,
                                                                     warmup=1)).median, 0.01)
