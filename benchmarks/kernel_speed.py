@@ -3,14 +3,15 @@ timer with warm and cold L2, with kernel launches per call counted by the PyTorc
 
     python benchmarks/kernel_speed.py [scenarios/mixtral.yaml scenarios/deepseek-v3.yaml] [--batch-sizes 1,64,4096]
         [--l2 warm,cold] [--impls customized,customized_scratch,standard,torch] [--ops ...] [--dtypes ...]
-        [--markdown F] [--json F] [--compare-default]
+        [--markdown F] [--json F] [--compare-default] [--batch-sizes scenario]
 
 GPU only. Per row: median us, GB/s (SPEC 3 payload bytes over the median), % of the device-copy ceiling measured in
 the same process, launches per call (kernels, memsets and copies the profiler saw during one eager call) and
 their summed duration ("kernel us": the median minus it is launch overhead and gaps).
 Correctness is checked against the torch reference before a row is timed; a failing row is reported, not timed.
-Rows use the tuned launch configs of kernels/configs/ where there are some; --compare-default also times each row
-with the built-in defaults ("default us") and gives tuned / default.
+Rows use the tuned launch configs of kernels/configs/ where there are some; --compare-default also says whether a
+tuned entry serves the row ("config": tuned / default) and times it three more times in pairs, tuned then the
+built-in defaults, back to back: the medians of both sides and the median of the three pair ratios (tuned / default).
 """
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ import argparse
 import dataclasses
 import datetime
 import json
+import statistics
 import sys
 from pathlib import Path
 
@@ -34,7 +36,7 @@ DEFAULT_BATCHES = (1, 8, 64, 256, 1024, 4096, 16384)
 DEFAULT_IMPLS = ("customized", "customized_scratch", "standard", "torch")
 HEADERS = ["scenario", "dtype", "op", "impl", "M", "L2", "median us", "IQR us", "GB/s", "% ceiling", "launches",
            "kernel us", "mode"]
-COMPARE_HEADERS = ["default us", "tuned / default"]
+COMPARE_HEADERS = ["config", "tuned us (paired)", "default us (paired)", "tuned / default"]
 
 
 def profile_call(call) -> tuple[int, float]:
@@ -69,16 +71,31 @@ def bench_row(sc, impl, op, dtype, M, l2, ceiling, device, compare_default=False
     row = head + [f"{m.median:.2f}", f"{m.iqr:.2f}", f"{gbps:.0f}", pct, launches, f"{busy_us:.2f}",
                   m.mode + (f" x{sets} sets" if sets > 1 else "")]
     if compare_default:
-        with tuning.configs_from(Path("/nonexistent")):
-            default = timing.measure(calls, dataclasses.replace(sc.timing, l2=l2))
-        row += [f"{default.median:.2f}", f"{m.median / default.median:.3f}"]
+        row += compare_with_default(calls, dataclasses.replace(sc.timing, l2=l2), op)
     return row
+
+
+def compare_with_default(calls, timing_cfg, op, rounds: int = 3) -> list:
+    """[whether a tuned entry serves this call, tuned us, default us, tuned / default]: `rounds` pairs timed back to
+    back (tuned first, then the built-in defaults), the medians of each side and the median of the pair ratios."""
+    with tuning.recording() as read:
+        calls[0]()
+    entry = any(tuning.read_table(tuning.CONFIG_DIR / r.name, r.op).get(r.M) for r in read if r.op in tuning.OPS)
+    tuned_us, default_us, ratios = [], [], []
+    for _ in range(rounds):
+        tuned_us.append(timing.measure(calls, timing_cfg).median)
+        with tuning.configs_from(Path("/nonexistent")):
+            default_us.append(timing.measure(calls, timing_cfg).median)
+        ratios.append(tuned_us[-1] / default_us[-1])
+    return ["tuned" if entry else "default", f"{statistics.median(tuned_us):.2f}",
+            f"{statistics.median(default_us):.2f}", f"{statistics.median(ratios):.3f}"]
 
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("scenarios", nargs="*", default=list(DEFAULT_SCENARIOS))
-    ap.add_argument("--batch-sizes", default=",".join(map(str, DEFAULT_BATCHES)))
+    ap.add_argument("--batch-sizes", default=",".join(map(str, DEFAULT_BATCHES)),
+                    help="comma-separated, or 'scenario' for each scenario's own batch sizes")
     ap.add_argument("--l2", default="warm,cold")
     ap.add_argument("--impls", default=",".join(DEFAULT_IMPLS))
     ap.add_argument("--ops", default="permute,unpermute,align")
@@ -93,7 +110,7 @@ def main(argv=None) -> int:
         return 2
     device = torch.device("cuda", torch.cuda.current_device())
     ceiling = timing.copy_ceiling_gbps(device)
-    batches = [int(b) for b in args.batch_sizes.split(",")]
+    batches = None if args.batch_sizes == "scenario" else [int(b) for b in args.batch_sizes.split(",")]
     wanted_ops = args.ops.split(",")
     built = {name: impls.build(scenario.ImplSpec(name)) for name in args.impls.split(",")}
     rows = []
@@ -102,13 +119,14 @@ def main(argv=None) -> int:
         for dtype in [d for d in sc.dtypes if not args.dtypes or d in args.dtypes.split(",")]:
             for op in [o for o in sc.ops if o in wanted_ops]:
                 for impl in [i for i in built.values() if op in i.ops]:
-                    for M in batches:
+                    for M in batches or sc.batch_sizes:
                         for l2 in args.l2.split(","):
                             rows.append(bench_row(sc, impl, op, sc.resolve_dtype(dtype), M, l2, ceiling, device,
                                                   args.compare_default))
                             print(" | ".join(map(str, rows[-1])), flush=True)
     title = (f"{datetime.date.today()}, {torch.cuda.get_device_name(device)}, torch {torch.__version__}, "
-             f"triton {triton.__version__}, copy ceiling {ceiling:.0f} GB/s")
+             f"triton {triton.__version__}, GPU {timing.CudaTimer.gpu_uuid()}, copy ceiling {ceiling:.0f} GB/s "
+             f"({timing.CEILING_METHOD})")
     headers = HEADERS + (COMPARE_HEADERS if args.compare_default else [])
     print(title)
     print(tabulate(rows, headers=headers))

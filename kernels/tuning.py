@@ -1,6 +1,5 @@
 """Launch parameters of the tunable kernels: their defaults, the search space a tuning run sweeps, and the tuned
-configs that a call reads for its shape and GPU (the entry of the nearest batch size, or the defaults without a
-file). Two families:
+configs that a call reads for its shape and GPU. Two families:
 
 - the row-moving kernels (permute_rows_kernel / permute_fused_kernel, unpermute_kernel): {"BLOCK_T": tokens per
   program, "BLOCK_H": hidden columns per program, "num_warps": ...}, in kernels/configs/<config_name()> as
@@ -8,6 +7,11 @@ file). Two families:
 - fused_experts' expert GEMM: vLLM's six parameters (GEMM_KEYS) in files named and shaped like vLLM's
   (gemm_config_name(): "E=8,N=14336,device_name=NVIDIA_H100_80GB_HBM3.json", {"<batch size>": config, ...}), so
   that the files are interchangeable with vLLM's.
+
+A tuned entry serves only the batch size it was tuned at: a call at any other batch size runs the defaults. An entry
+is written only where the tuning run timed it faster than the default (pytest_moeperf/items.py, TuneItem), so no
+batch size runs a config that was never shown to beat the default there (vLLM's reader takes the nearest entry
+instead; that rule handed Mixtral M = 256 and 512 the M = 64 config on the H200, +39% and +130%).
 """
 from __future__ import annotations
 
@@ -251,8 +255,8 @@ def recording():
 
 def launch_config(op: str, M: int, H: int, k: int, dtype: torch.dtype, device: torch.device,
                   E: int | None = None) -> dict:
-    """The config a call uses: a forced one, else the tuned entry of the nearest batch size for this shape and GPU,
-    else the defaults. A tuned entry that cannot run for the shape is an error naming its file."""
+    """The config a call uses: a forced one, else the tuned entry of this batch size for this shape and GPU, else the
+    defaults. A tuned entry that cannot run for the shape is an error naming its file."""
     elem_bytes = dtype.itemsize
     lookup = Lookup(config_name(op, H, k, dtype, device_name(device), E), op, M, (H, k, elem_bytes))
     config, where = _chosen(lookup)
@@ -266,8 +270,8 @@ def launch_config(op: str, M: int, H: int, k: int, dtype: torch.dtype, device: t
 
 def gemm_launch_config(M: int, k: int, E: int, N: int, weight_dtype: torch.dtype, dtype_mode: str | None,
                        block_shape, device: torch.device) -> dict:
-    """fused_experts' GEMM config: forced, else the tuned entry of the nearest batch size in vLLM's file for this
-    shape, mode and GPU, else gemm_default()."""
+    """fused_experts' GEMM config: forced, else the tuned entry of this batch size in vLLM's file for this shape,
+    mode and GPU, else gemm_default()."""
     elem_bytes = weight_dtype.itemsize
     block_shape = tuple(block_shape) if block_shape else None  # hashable: lookups are collected in sets
     name = gemm_config_name(E, N, device_name(device), dtype_mode, block_shape)
@@ -281,7 +285,7 @@ def gemm_launch_config(M: int, k: int, E: int, N: int, weight_dtype: torch.dtype
 
 
 def _chosen(lookup: Lookup) -> tuple[dict | None, str]:
-    """(a forced config, or the tuned entry of the nearest batch size, or None; where it came from); the lookup is
+    """(a forced config, or the tuned entry of exactly this batch size, or None; where it came from); the lookup is
     recorded for recording()."""
     for seen in _stack("recording"):
         seen.append(lookup)
@@ -289,8 +293,7 @@ def _chosen(lookup: Lookup) -> tuple[dict | None, str]:
     if force:
         return force[-1], "the forced config"
     path = CONFIG_DIR / lookup.name
-    table = read_table(path, lookup.op)
-    if not table:
+    config = read_table(path, lookup.op).get(lookup.M)
+    if config is None:
         return None, ""
-    nearest = min(table, key=lambda m: (abs(m - lookup.M), m))
-    return table[nearest], f"{path}, batch size {nearest}"
+    return config, f"{path}, batch size {lookup.M}"

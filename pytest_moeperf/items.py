@@ -6,6 +6,7 @@ import dataclasses
 import json
 import os
 import random
+import statistics
 
 import pytest
 
@@ -198,13 +199,19 @@ class TimingItem(_Item):
 
 class TuneItem(_Item):
     """--moeperf-tune: time every config of the kernel's search space for this shape with the CUDA-graph timer (a
-    few samples each), re-time the fastest few as the timing tests do, check the winner against the reference, and
-    hand it to the controller, which writes kernels/configs/."""
+    few samples each), re-time the fastest few as the timing tests do, confirm the winner against the default in
+    paired timings, check it against the reference, and hand it to the controller, which writes kernels/configs/ (the
+    winner, or the removal of this batch size's entry when the default was not beaten)."""
 
     IMPL = "customized"
     QUICK_SAMPLES = 20
     QUICK_BUDGET_US = 50_000  # GPU time one candidate's quick timing may take (large-batch GEMMs take ms a call)
     FINALISTS = 3
+    # A tuned entry is written only when it beats the default by MIN_GAIN in the median of 1 + CONFIRM_ROUNDS paired
+    # timings; otherwise the batch size keeps (and a rerun restores) the default. Lookups are by exact batch size
+    # (kernels/tuning.py), so no batch size runs a config that was not shown faster there.
+    MIN_GAIN = 0.03
+    CONFIRM_ROUNDS = 2
 
     def runtest(self):
         timer = self.run_state.timer
@@ -237,14 +244,31 @@ class TuneItem(_Item):
             for config in finalists:
                 with tuning.forced(config, self.op):
                     final.append((timer.measure([call], self.scenario.timing).median, config))
-        best_us, best = min(final, key=lambda t: t[0])
-        default_us = next(us for us, c in final if c == space[0])
+            best_us, best = min(final, key=lambda t: t[0])
+            default_us = next(us for us, c in final if c == space[0])
+            ratios = [best_us / default_us]
+            if best != space[0] and ratios[0] <= 1 - self.MIN_GAIN:
+                ratios += self._paired_ratios(timer, call, best, space[0], tuning)
+        ratio = statistics.median(ratios)
+        kept = best != space[0] and ratio <= 1 - self.MIN_GAIN
         with tuning.forced(best, self.op):
             self.impl.check(self.op, p)
-        result = {"file": lookup.name, "op": self.op, "M": self.M, "config": best, "median_us": best_us,
-                  "default_us": default_us, "candidates": len(space), "space": len(whole), "failed": failed,
-                  "key": self.key, "scenario": self.scenario.name}
+        result = {"file": lookup.name, "op": self.op, "M": self.M, "config": best, "kept": kept, "ratio": ratio,
+                  "median_us": best_us, "default_us": default_us, "candidates": len(space), "space": len(whole),
+                  "failed": failed, "key": self.key, "scenario": self.scenario.name}
         self.user_properties.append(("moeperf_tune", json.dumps(result)))
+
+    def _paired_ratios(self, timer, call, config: dict, default: dict, tuning) -> list[float]:
+        """CONFIRM_ROUNDS more ratios config / default, each pair timed back to back (default first) as the timing
+        tests time: a winner is kept only when the median of all its ratios shows it MIN_GAIN faster."""
+        ratios = []
+        for _ in range(self.CONFIRM_ROUNDS):
+            us = {}
+            for name, c in (("default", default), ("config", config)):
+                with tuning.forced(c, self.op):
+                    us[name] = timer.measure([call], self.scenario.timing).median
+            ratios.append(us["config"] / us["default"])
+        return ratios
 
     def _compile(self, space: list, call, tuning) -> tuple[list, list]:
         """(candidates that ran, why the others did not): each candidate called once, in threads (Triton compiles

@@ -32,18 +32,22 @@ def table(results: list[dict]) -> str:
 
 
 def tuning_table(tuned: list[dict], tablefmt: str = "simple") -> str:
-    """One row per tuning test: the winner against the default config, both timed as the timing tests time."""
+    """One row per tuning test: the best config against the default, both timed as the timing tests time; the paired
+    change is the median ratio of back-to-back timings, and what was written: the config, or the default kept."""
     def configs(r):  # "150 of 1249 (2 failed)": how many were timed, of how large a space
         drawn = f" of {r['space']}" if r.get("space", r["candidates"]) != r["candidates"] else ""
         return f"{r['candidates']}{drawn}" + (f" ({len(r['failed'])} failed)" if r["failed"] else "")
 
+    def written(r):
+        config = " ".join(f"{k}={v}" for k, v in sorted(r["config"].items()))
+        return config if r["kept"] else f"default kept (best found: {config})"
+
     rows = [[r["scenario"], r["key"], configs(r),
-             _fmt(r["default_us"], ".2f"), _fmt(r["median_us"], ".2f"),
-             _fmt(100 * (r["median_us"] / r["default_us"] - 1), "+.1f"),
-             " ".join(f"{k}={v}" for k, v in sorted(r["config"].items()))]
+             _fmt(r["default_us"], ".2f"), _fmt(r["median_us"], ".2f"), _fmt(100 * (r["ratio"] - 1), "+.1f"),
+             written(r)]
             for r in sorted(tuned, key=lambda r: (r["scenario"], r["key"]))]
-    return tabulate(rows, headers=["scenario", "test", "configs", "default us", "tuned us", "change %", "tuned"],
-                    disable_numparse=True, tablefmt=tablefmt)
+    return tabulate(rows, headers=["scenario", "test", "configs", "default us", "best us", "paired change %",
+                                   "written"], disable_numparse=True, tablefmt=tablefmt)
 
 
 def junit_properties(result: dict) -> list[tuple[str, object]]:
@@ -70,6 +74,9 @@ def markdown(results: list[dict], environments: dict, tuned: list[dict] = ()) ->
         lines.append(f"- GPU `{slug}`: {e.get('device', '?')}, {e.get('sm_count', '?')} SMs, driver "
                      f"{e.get('driver_version', '?')}, CUDA {e.get('cuda', '?')}, torch {e.get('torch', '?')}, triton "
                      f"{e.get('triton', '?')}, SM clock {e.get('clocks.sm', '?')} / {e.get('clocks.max.sm', '?')} MHz")
+        if e.get("copy_ceiling_gbps"):
+            lines.append(f"- `% ceiling` is of a {e['copy_ceiling_gbps']:.0f} GB/s copy ceiling: "
+                         f"{e.get('copy_ceiling_method', '?')}")
     if tuned:
         lines += [f"- {len(tuned)} tuning tests", "", tuning_table(tuned, "github"), ""]
     if not results:

@@ -64,7 +64,7 @@ class MoePerfRun:
         self.written: list[tuple[Path, int]] = []
         self.skipped: dict[str, int] = {}  # "correctness" / "timing" / "tuning" -> tests skipped
         self.tuned: list[dict] = []  # winners of the tuning tests
-        self.tuned_written: dict[Path, int] = {}  # tuned configs written so far, per file
+        self.tuned_written: dict[Path, list[int]] = {}  # per file: [entries written, batch sizes keeping the default]
         self.tune_errors: list[str] = []
 
     @classmethod
@@ -137,8 +137,10 @@ class MoePerfRun:
         from pytest_moeperf import tuned  # imports the kernels: only once they are known to be importable
 
         written, errors = tuned.write_all([result])
-        for path, n in written:
-            self.tuned_written[path] = self.tuned_written.get(path, 0) + n
+        for path, kept, default in written:
+            counts = self.tuned_written.setdefault(path, [0, 0])
+            counts[0] += kept
+            counts[1] += default
         self.tune_errors += errors
 
     def pytest_sessionfinish(self, session):
@@ -192,8 +194,10 @@ class MoePerfRun:
         tr = terminalreporter
         if self.results:
             tr.section("pytest-moeperf timing")
+            ceilings = sorted({round(r["ceiling_gbps"]) for r in self.results if r.get("ceiling_gbps")})
             tr.write_line(f"GPU {self.gpu_slug or '?'}; worst first; GB/s counts M*H*b*(1+k) bytes "
-                          f"(local routes only under expert parallelism)")
+                          f"(local routes only under expert parallelism); % ceiling is of "
+                          f"{'/'.join(map(str, ceilings)) or '?'} GB/s: {timing.CEILING_METHOD}")
             for line in report.table(self.results).splitlines():
                 tr.write_line(line)
         for path, n in self.written:
@@ -202,8 +206,9 @@ class MoePerfRun:
             tr.section("pytest-moeperf tuning")
             for line in report.tuning_table(self.tuned).splitlines():
                 tr.write_line(line)
-        for path, n in sorted(self.tuned_written.items()):
-            tr.write_line(f"pytest-moeperf: wrote {n} tuned configs to {path}")
+        for path, (kept, default) in sorted(self.tuned_written.items()):
+            tr.write_line(f"pytest-moeperf: wrote {kept} tuned configs to {path}"
+                          + (f" ({default} batch sizes keep the default: no config beat it)" if default else ""))
         if self.plots:
             tr.write_line(f"pytest-moeperf: wrote {len(self.plots)} plots to {self.plot_dir}")
         if self.timer is None:

@@ -441,6 +441,7 @@ def test_a_measurement_that_stays_spread_out_is_not_counted(env, monkeypatch):
 TUNE_TIMER = FAKE_TIMER + '''
 from kernels import tuning
 FAST = {"BLOCK_T": 1, "BLOCK_H": 64, "num_warps": 2}
+FAST_GEMM = {"GROUP_SIZE_M": 4}  # any GEMM config with these values
 BROKEN = {"BLOCK_T": 2, "BLOCK_H": 64, "num_warps": 2}  # as if Triton could not compile it
 _launch_config = tuning.launch_config
 def launch_config(*args, **kw):
@@ -456,7 +457,8 @@ _orig = FakeTimer.measure
 def measure(self, calls, cfg):
     forced = [c for _, c in tuning._stack("forced")]
     m = _orig(self, calls, cfg)
-    if forced and forced[-1] == FAST:  # the fake GPU runs this config 20% faster than any other
+    fast = forced and (forced[-1] == FAST or FAST_GEMM.items() <= forced[-1].items())
+    if fast and os.environ.get("FAKE_NO_FAST") != "1":  # the fake GPU runs these configs 20% faster than any other
         m = Measurement([0.8 * s for s in m.samples_us], m.mode, m.invocations, m.input_sets)
     return m
 FakeTimer.measure = measure
@@ -508,8 +510,32 @@ def pytest_runtest_logreport(report):
     assert list(data["configs"]) == ["1", "3", "64"]  # merged with what was there, by batch size
     assert data["configs"] == {"1": fast, "3": fast, "64": kept}
     assert data["triton"] != "old"
-    assert tuning.launch_config("permute", 2, 64, 2, torch.bfloat16, device, E=8) == fast
-    assert tuning.launch_config("permute", 50, 64, 2, torch.bfloat16, device, E=8) == kept
+    assert tuning.launch_config("permute", 3, 64, 2, torch.bfloat16, device, E=8) == fast
+    assert tuning.launch_config("permute", 64, 64, 2, torch.bfloat16, device, E=8) == kept
+    # batch sizes that were not tuned run the defaults, not a neighbour's entry
+    assert tuning.launch_config("permute", 2, 64, 2, torch.bfloat16, device, E=8) == \
+        tuning.default_config(64, 2, 2)
+
+
+def test_tuning_keeps_the_default_where_no_config_beats_it_and_drops_an_old_entry(env, configs, monkeypatch):
+    from kernels import tuning
+
+    device = torch.device(DEVICE)
+    name = tuning.config_name("permute", 64, 2, torch.bfloat16, tuning.device_name(device), E=8)
+    old = {"BLOCK_H": 32, "BLOCK_T": 4, "num_warps": 2}
+    configs.mkdir()
+    (configs / name).write_text(json.dumps({"triton": "old", "configs": {"1": old, "64": old}}))
+    env.makefile(".yaml", small=SMALL)
+    env.makeconftest(TUNE_TIMER)
+    monkeypatch.setenv("FAKE_NO_FAST", "1")  # every config times alike, within 1% noise: none beats the default
+    result = run_timed(env, "--moeperf-tune", "-k", "tuning and M1]", "--moeperf-json", "tune.json")
+    result.assert_outcomes(passed=1)
+    (tuned,) = json.loads((env.path / "tune.json").read_text())["tuned"]
+    assert tuned["kept"] is False and tuned["ratio"] > 1 - 0.03
+    result.stdout.fnmatch_lines(["*permute[[]customized-bf16-M1[]]*default kept (best found:*",
+                                 f"*wrote 0 tuned configs to *{name} (1 batch sizes keep the default*"])
+    assert json.loads((configs / name).read_text())["configs"] == {"64": old}  # M = 1's old entry is gone
+    assert tuning.launch_config("permute", 1, 64, 2, torch.bfloat16, device, E=8) == tuning.default_config(64, 1, 2)
 
 
 def test_tuning_runs_alone(env):
@@ -584,14 +610,14 @@ def test_tuning_fused_experts_writes_a_vllm_style_file(configs, env):
 
     env.makefile(".yaml", gemm=GEMM.replace("dtypes: [bf16, fp8_w8a8]", "dtypes: [bf16]").replace(
         "block_quant: [128, 128]\n", ""))
-    env.makeconftest(FAKE_TIMER)
+    env.makeconftest(TUNE_TIMER)
     result = env.runpytest("--moeperf", "gemm.yaml", "--moeperf-tune", "-k", "tuning")
     result.assert_outcomes(passed=2)
     name = tuning.gemm_config_name(8, 128, tuning.device_name(torch.device(DEVICE)), None, None)
     result.stdout.fnmatch_lines([f"*wrote 2 tuned configs to *{name}*"])
     data = json.loads((configs / name).read_text())
     assert list(data) == ["triton_version", "1", "3"]
-    assert all(set(data[m]) == set(tuning.GEMM_KEYS) for m in ("1", "3"))
+    assert all(set(data[m]) == set(tuning.GEMM_KEYS) and data[m]["GROUP_SIZE_M"] == 4 for m in ("1", "3"))
 
 
 def test_tuning_can_time_a_seeded_draw_of_a_large_space(configs, env):

@@ -44,14 +44,17 @@ def test_configs_that_cannot_run_are_refused_with_the_reason(config, words):
     assert words in tuning.problem_with(config, "permute", 4096, 8, 2)
 
 
-def test_a_call_takes_the_entry_of_the_nearest_batch_size(config_dir):
+def test_a_call_takes_the_entry_of_its_own_batch_size_and_the_defaults_elsewhere(config_dir):
     name = tuning.config_name("permute", 4096, 2, torch.bfloat16, "cpu", E=8)
     assert name == "permute,E=8,H=4096,k=2,dtype=bfloat16,device_name=cpu.json"
     small = {"BLOCK_T": 1, "BLOCK_H": 1024, "num_warps": 2}
     large = {"BLOCK_T": 4, "BLOCK_H": 2048, "num_warps": 8}
     write_configs(config_dir, name, {"1": small, "256": large})
     get = lambda M: tuning.launch_config("permute", M, 4096, 2, torch.bfloat16, torch.device("cpu"), E=8)  # noqa
-    assert get(1) == small and get(100) == small and get(200) == large and get(10_000) == large
+    assert get(1) == small and get(256) == large
+    # an entry was shown faster only at its own batch size: every other batch size runs the defaults
+    for M in (2, 100, 200, 10_000):
+        assert get(M) == tuning.default_config(4096, M, 2)
     # another shape, dtype or GPU has no file: the defaults
     assert tuning.launch_config("permute", 64, 4096, 2, torch.float16, torch.device("cpu"), E=8) == \
         tuning.default_config(4096, 64, 2)
@@ -116,8 +119,13 @@ def test_merging_keeps_other_entries_and_never_overwrites_an_unreadable_file(con
     tuned.merge(config_dir, "x.json", {2: b, 100: b}, "permute")
     data = json.loads((config_dir / "x.json").read_text())
     assert data["configs"] == {"2": b, "16": a, "100": b} and list(data["configs"]) == ["2", "16", "100"]
+    # None: the default was not beaten at that batch size, so its entry goes; a file left empty goes too
+    tuned.merge(config_dir, "x.json", {16: None, 3: None}, "permute")
+    assert json.loads((config_dir / "x.json").read_text())["configs"] == {"2": b, "100": b}
+    tuned.merge(config_dir, "x.json", {2: None, 100: None}, "permute")
+    assert not (config_dir / "x.json").exists()
     (config_dir / "bad.json").write_text("{oops")
-    written, errors = tuned.write_all([{"file": "bad.json", "op": "permute", "M": 1, "config": a}])
+    written, errors = tuned.write_all([{"file": "bad.json", "op": "permute", "M": 1, "config": a, "kept": True}])
     assert written == [] and "bad.json" in errors[0] and (config_dir / "bad.json").read_text() == "{oops"
 
 
@@ -138,7 +146,8 @@ def test_gemm_files_are_named_and_shaped_like_vllms(config_dir):
     (config_dir / name).write_text(json.dumps({"triton_version": "3.4.0", "1": GEMM_A, "64": b}))
     cpu = torch.device("cpu")
     get = lambda M: tuning.gemm_launch_config(M, 8, 256, 2048, torch.float8_e4m3fn, "fp8_w8a8", [128, 128], cpu)  # noqa
-    assert (get(1), get(20), get(40), get(5000)) == (GEMM_A, GEMM_A, b, b)
+    assert (get(1), get(64)) == (GEMM_A, b)
+    assert (get(20), get(5000)) == (tuning.gemm_default(20, 256, [128, 128]), tuning.gemm_default(5000, 256, [128, 128]))
     tuned.merge(config_dir, name, {16: b}, "fused_experts")
     data = json.loads((config_dir / name).read_text())
     assert list(data) == ["triton_version", "1", "16", "64"] and data["16"] == b and data["1"] == GEMM_A
