@@ -52,6 +52,9 @@ def profile_call(call) -> tuple[int, float]:
 
 
 def bench_row(sc, impl, op, dtype, M, l2, ceiling, device, compare_default=False) -> list:
+    """One row without its profiler columns ("launches", "kernel us"): profile_rows() fills them once every row is
+    timed, since the profiler, once started, slows every later launch in the process (graph replays included): on
+    an H200 a 1.8 us permute timed 3.5 us after it."""
     first = problem.build(sc, dtype, M, device)
     head = [sc.name, dtype, op, impl.name, M, l2]
     try:
@@ -67,26 +70,40 @@ def bench_row(sc, impl, op, dtype, M, l2, ceiling, device, compare_default=False
     m = timing.measure(calls, dataclasses.replace(sc.timing, l2=l2))
     gbps = payload / m.median / 1e3
     pct = "" if op == "align" else f"{100 * gbps / ceiling:.1f}"
-    launches, busy_us = profile_call(calls[0])
-    row = head + [f"{m.median:.2f}", f"{m.iqr:.2f}", f"{gbps:.0f}", pct, launches, f"{busy_us:.2f}",
+    row = head + [f"{m.median:.2f}", f"{m.iqr:.2f}", f"{gbps:.0f}", pct, None, None,
                   m.mode + (f" x{sets} sets" if sets > 1 else "")]
     if compare_default:
-        row += compare_with_default(calls, dataclasses.replace(sc.timing, l2=l2), op)
+        row += compare_with_default(calls, dataclasses.replace(sc.timing, l2=l2))
     return row
 
 
-def compare_with_default(calls, timing_cfg, op, rounds: int = 3) -> list:
-    """[whether a tuned entry serves this call, tuned us, default us, tuned / default]: `rounds` pairs timed back to
-    back (tuned first, then the built-in defaults), the medians of each side and the median of the pair ratios."""
+def profile_rows(rows: list, jobs: list, device) -> None:
+    """Fill each timed row's "launches" and "kernel us" from one profiled eager call on its first input set."""
+    at = HEADERS.index("launches")
+    for row, (sc, impl, op, dtype, M) in zip(rows, jobs):
+        if row[at - 4] == "":  # incorrect: not timed
+            continue
+        row[at], busy_us = profile_call(impl.prepare(op, problem.build(sc, dtype, M, device)))
+        row[at + 1] = f"{busy_us:.2f}"
+
+
+def compare_with_default(calls, timing_cfg, rounds: int = 5) -> list:
+    """[whether a tuned entry serves this call, tuned us, default us, tuned / default]. Each of `rounds` rounds
+    captures both sides anew (tuned configs, then the built-in defaults) and replays them in turns
+    (timing.measure_interleaved); the medians of each side and the median of the rounds' ratios."""
     with tuning.recording() as read:
         calls[0]()
     entry = any(tuning.read_table(tuning.CONFIG_DIR / r.name, r.op).get(r.M) for r in read if r.op in tuning.OPS)
     tuned_us, default_us, ratios = [], [], []
     for _ in range(rounds):
-        tuned_us.append(timing.measure(calls, timing_cfg).median)
+        tuned = timing.capture(calls, timing_cfg)
         with tuning.configs_from(Path("/nonexistent")):
-            default_us.append(timing.measure(calls, timing_cfg).median)
-        ratios.append(tuned_us[-1] / default_us[-1])
+            default = timing.capture(calls, timing_cfg)
+        a, b = timing.measure_interleaved([tuned, default], timing_cfg)
+        tuned_us.append(a.median)
+        default_us.append(b.median)
+        ratios.append(a.median / b.median)
+        del tuned, default
     return ["tuned" if entry else "default", f"{statistics.median(tuned_us):.2f}",
             f"{statistics.median(default_us):.2f}", f"{statistics.median(ratios):.3f}"]
 
@@ -113,7 +130,7 @@ def main(argv=None) -> int:
     batches = None if args.batch_sizes == "scenario" else [int(b) for b in args.batch_sizes.split(",")]
     wanted_ops = args.ops.split(",")
     built = {name: impls.build(scenario.ImplSpec(name)) for name in args.impls.split(",")}
-    rows = []
+    rows, jobs = [], []
     for path in args.scenarios:
         sc = scenario.load(path)
         for dtype in [d for d in sc.dtypes if not args.dtypes or d in args.dtypes.split(",")]:
@@ -121,9 +138,12 @@ def main(argv=None) -> int:
                 for impl in [i for i in built.values() if op in i.ops]:
                     for M in batches or sc.batch_sizes:
                         for l2 in args.l2.split(","):
-                            rows.append(bench_row(sc, impl, op, sc.resolve_dtype(dtype), M, l2, ceiling, device,
+                            resolved = sc.resolve_dtype(dtype)
+                            rows.append(bench_row(sc, impl, op, resolved, M, l2, ceiling, device,
                                                   args.compare_default))
+                            jobs.append((sc, impl, op, resolved, M))
                             print(" | ".join(map(str, rows[-1])), flush=True)
+    profile_rows(rows, jobs, device)
     title = (f"{datetime.date.today()}, {torch.cuda.get_device_name(device)}, torch {torch.__version__}, "
              f"triton {triton.__version__}, GPU {timing.CudaTimer.gpu_uuid()}, copy ceiling {ceiling:.0f} GB/s "
              f"({timing.CEILING_METHOD})")

@@ -20,9 +20,32 @@ def path_for(root: Path, gpu_slug: str, scenario: str) -> Path:
 
 def load(path: Path) -> dict:
     """The file's entries ({} when there is no file). A file that cannot be read or parsed is an error."""
+    return load_file(path)[0]
+
+
+# What a baseline's environment is compared with when it is read back: (key, what to call it).
+COMPARED = (("device", "GPU model"), ("uuid", "GPU"), ("driver_version", "driver"), ("cuda", "CUDA"),
+            ("torch", "torch"), ("triton", "triton"))
+
+
+def differences(recorded: dict, current: dict, sources: str | None = None) -> list[str]:
+    """How the environment a baseline was recorded in differs from this run's ("driver 580.1 -> 590.2"), and
+    whether the implementations' sources changed since (their digest, impls.source_digest, differs)."""
+    out = [f"{name} {recorded[key]} -> {current[key]}" for key, name in COMPARED
+           if recorded.get(key) and current.get(key) and str(recorded[key]) != str(current[key])]
+    if sources and recorded.get("sources") and recorded["sources"] != sources:
+        out.append("kernels changed since it was recorded")
+    elif sources and not recorded.get("sources"):
+        out.append("kernels of unknown age (recorded before sources were tracked)")
+    return out
+
+
+def load_file(path: Path) -> tuple[dict, dict]:
+    """(entries, environment) of a baseline file (both {} when there is no file). A file that cannot be read or
+    parsed is an error."""
     path = Path(path)
     if not path.exists():
-        return {}
+        return {}, {}
     try:
         data = json.loads(path.read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
@@ -36,7 +59,8 @@ def load(path: Path) -> dict:
                 not isinstance(entry.get("median_us"), (int, float)):
             raise BaselineError(f"baseline file {path}: entry {key!r} lacks median_us / samples_us; fix or delete "
                                 f"it - it will not be overwritten")
-    return data["entries"]
+    environment = data.get("environment")
+    return data["entries"], environment if isinstance(environment, dict) else {}
 
 
 def _rounded(entry: dict) -> dict:

@@ -9,8 +9,12 @@ expert.
 """
 from __future__ import annotations
 
+import hashlib
 import importlib
+import inspect
+import sys
 from collections.abc import Callable
+from pathlib import Path
 
 import torch
 
@@ -69,6 +73,10 @@ class Impl:
 
     align_any_order = False  # whether this align may order routes freely inside an expert
 
+    def functions(self) -> list[Callable]:
+        """The callables this implementation runs (what its source digest covers)."""
+        raise NotImplementedError
+
     def check(self, op: str, p: Problem) -> float | None:
         """Run the op and compare it with the reference under this implementation's contract; fused_experts returns
         its relative error (the others are exact or within a fixed rounding bound)."""
@@ -106,6 +114,11 @@ class CustomizedContract(Impl):
         self.scratch = scratch
         self._last_scratch = None
         self.align_any_order = align_any_order
+
+    provider = None  # a user implementation's provider function (its module is part of its sources)
+
+    def functions(self):
+        return [fn for fn in [*self.fns.values(), self.provider] if fn is not None]
 
     def _scratch_for(self, p: Problem):
         """One MoEPermuteScratch per shape, as a server keeps one: the input sets of a cold-L2 timing test share it
@@ -170,6 +183,9 @@ class StandardContract(Impl):
         k = load_kernels()
         self.permute, self.reduce, self.align = k._moe_permute, k._moe_unpermute_and_reduce, k.moe_align_block_size
 
+    def functions(self):
+        return [self.permute, self.reduce, self.align]
+
     def _expert_rows(self, permuted, expert_per_row, p):
         """Identity expert that, like vLLM's, writes zeros for blocks of non-local experts."""
         rows = permuted.to(p.out_dtype)
@@ -225,8 +241,10 @@ def _user_impl(spec: ImplSpec) -> Impl:
     if not isinstance(fns, dict) or not fns or set(fns) - set(OPS) or not all(callable(f) for f in fns.values()):
         raise ImplError(f"implementation {spec.name!r}: {spec.path}() must return a dict mapping some of "
                         f"{', '.join(map(repr, OPS))} to callables, got {fns!r}")
-    return CustomizedContract(spec.name, fns.get("permute"), fns.get("unpermute"), fns.get("align"),
+    impl = CustomizedContract(spec.name, fns.get("permute"), fns.get("unpermute"), fns.get("align"),
                               fused_experts=fns.get("fused_experts"), align_any_order=True)
+    impl.provider = provider
+    return impl
 
 
 def build(spec: ImplSpec) -> Impl:
@@ -255,3 +273,30 @@ def for_scenario(scenario) -> list[Impl]:
             where = f"{scenario.path}:{spec.line}: key 'impls'" if spec.line else str(scenario.path)
             raise ImplError(f"{where}: {e}") from None
     return out
+
+
+def _source_files(fn: Callable) -> set[Path]:
+    """The files a function's behaviour comes from: every .py and .json (tuned configs) of its top-level package, or
+    its module's file when that is no package."""
+    module = sys.modules.get(getattr(fn, "__module__", None) or "")
+    top = sys.modules.get(module.__name__.partition(".")[0]) if module else None
+    if top is not None and getattr(top, "__path__", None):
+        root = Path(list(top.__path__)[0])
+        return {f for f in root.rglob("*") if f.suffix in (".py", ".json") and "__pycache__" not in f.parts}
+    try:
+        return {Path(inspect.getsourcefile(fn))}
+    except (TypeError, OSError):  # a compiled extension or a builtin: nothing to read
+        return set()
+
+
+def source_digest(impls: list[Impl]) -> str:
+    """A short digest of the source files (and tuned configs) of these implementations: a baseline records it, and
+    a later run that finds another says that the kernels changed since the baseline was taken."""
+    files = set()
+    for impl in impls:
+        for fn in impl.functions():
+            files |= _source_files(fn)
+    h = hashlib.sha256()
+    for f in sorted(files, key=lambda f: (f.name, str(f))):
+        h.update(f.name.encode() + b"\0" + f.read_bytes() + b"\0")
+    return h.hexdigest()[:16]

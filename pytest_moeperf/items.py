@@ -259,15 +259,13 @@ class TuneItem(_Item):
         self.user_properties.append(("moeperf_tune", json.dumps(result)))
 
     def _paired_ratios(self, timer, call, config: dict, default: dict, tuning) -> list[float]:
-        """CONFIRM_ROUNDS more ratios config / default, each pair timed back to back (default first) as the timing
-        tests time: a winner is kept only when the median of all its ratios shows it MIN_GAIN faster."""
+        """CONFIRM_ROUNDS more ratios config / default, each from fresh captures of both replayed in turns: a winner
+        is kept only when the median of all its ratios shows it MIN_GAIN faster."""
         ratios = []
         for _ in range(self.CONFIRM_ROUNDS):
-            us = {}
-            for name, c in (("default", default), ("config", config)):
-                with tuning.forced(c, self.op):
-                    us[name] = timer.measure([call], self.scenario.timing).median
-            ratios.append(us["config"] / us["default"])
+            a, b = timer.compare([call], self.scenario.timing, [lambda: tuning.forced(config, self.op),
+                                                                lambda: tuning.forced(default, self.op)])
+            ratios.append(a.median / b.median)
         return ratios
 
     def _compile(self, space: list, call, tuning) -> tuple[list, list]:
@@ -284,6 +282,8 @@ class TuneItem(_Item):
                 return f"{config}: {type(e).__name__}: {str(e).splitlines()[0][:120]}"
 
         threads = max(1, (os.cpu_count() or 1) // int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")))
+        if os.environ.get("TRITON_INTERPRET") == "1":  # the interpreter compiles nothing, and it patches
+            threads = 1  # triton.language while a kernel runs: two kernels in two threads break each other
         order = compile_order(space)
         with concurrent.futures.ThreadPoolExecutor(threads) as pool:
             why = dict(zip(map(json.dumps, order), pool.map(attempt, order)))

@@ -64,7 +64,7 @@ def write_json(path: str | Path, results: list[dict], environments: dict, tuned:
     Path(path).write_text(json.dumps(data, indent=1, sort_keys=True) + "\n")
 
 
-def markdown(results: list[dict], environments: dict, tuned: list[dict] = ()) -> str:
+def markdown(results: list[dict], environments: dict, tuned: list[dict] = (), notes: list[str] = ()) -> str:
     """A summary for people: counts, the environment, regressions first, then one table per scenario; the tuning
     table of a --moeperf-tune run."""
     now = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
@@ -77,6 +77,7 @@ def markdown(results: list[dict], environments: dict, tuned: list[dict] = ()) ->
         if e.get("copy_ceiling_gbps"):
             lines.append(f"- `% ceiling` is of a {e['copy_ceiling_gbps']:.0f} GB/s copy ceiling: "
                          f"{e.get('copy_ceiling_method', '?')}")
+    lines += [f"- Note: {note}" for note in notes]
     if tuned:
         lines += [f"- {len(tuned)} tuning tests", "", tuning_table(tuned, "github"), ""]
     if not results:
@@ -104,9 +105,10 @@ def markdown(results: list[dict], environments: dict, tuned: list[dict] = ()) ->
     return "\n".join(lines)
 
 
-def write_markdown(path: str | Path | None, results: list[dict], environments: dict, tuned: list[dict] = ()) -> None:
+def write_markdown(path: str | Path | None, results: list[dict], environments: dict, tuned: list[dict] = (),
+                   notes: list[str] = ()) -> None:
     """Write the summary to `path` and append it to $GITHUB_STEP_SUMMARY when that is set."""
-    text = markdown(results, environments, tuned)
+    text = markdown(results, environments, tuned, notes)
     if path:
         Path(path).parent.mkdir(parents=True, exist_ok=True)
         Path(path).write_text(text + "\n")

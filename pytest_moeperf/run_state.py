@@ -59,6 +59,8 @@ class MoePerfRun:
         self.plots: list[Path] = []
         self.timer = timing.CudaTimer() if device == "cuda" else None  # None: timing tests are skipped
         self._baselines: dict[str, dict] = {}
+        self._baseline_envs: dict[str, dict] = {}  # scenario -> environment its baseline file was recorded in
+        self.baseline_notes: list[str] = []  # how those environments differ from this run's (not failures)
         self.results: list[dict] = []
         self.environments: dict[str, dict] = {}
         self.written: list[tuple[Path, int]] = []
@@ -96,12 +98,38 @@ class MoePerfRun:
     def load_all_baselines(self) -> None:
         """Read every scenario's baseline file for this GPU now: a corrupted one stops the run before any test."""
         for scenario, _ in self.entries.values():
-            self._baselines[scenario.name] = baselines.load(self.baseline_path(scenario))
+            self._load_baseline(scenario)
+
+    def _load_baseline(self, scenario) -> None:
+        entries, environment = baselines.load_file(self.baseline_path(scenario))
+        self._baselines[scenario.name], self._baseline_envs[scenario.name] = entries, environment
 
     def baseline_entry(self, scenario, key: str) -> dict | None:
         if scenario.name not in self._baselines:
-            self._baselines[scenario.name] = baselines.load(self.baseline_path(scenario))
+            self._load_baseline(scenario)
         return self._baselines[scenario.name].get(key)
+
+    def sources(self, scenario_name: str) -> str:
+        """Digest of the timed implementations' sources of a scenario (the reference, `torch`, is the plugin)."""
+        from pytest_moeperf import impls
+
+        for scenario, built in self.entries.values():
+            if scenario.name == scenario_name:
+                return impls.source_digest([i for i in built if i.name != "torch"])
+        return ""
+
+    def _compare_environments(self, current: dict) -> list[str]:
+        """One line per distinct difference between the baselines this run was judged against and this run."""
+        timed = sorted({r["scenario"] for r in self.results})
+        by_difference: dict[str, list[str]] = {}
+        for name in timed:
+            recorded = self._baseline_envs.get(name)
+            if recorded:
+                found = baselines.differences(recorded, current, self.sources(name))
+                if found:
+                    by_difference.setdefault("; ".join(found), []).append(name)
+        return [f"baselines of {', '.join(names)} ({self.gpu_slug}) differ from this run: {what}"
+                for what, names in sorted(by_difference.items())]
 
     @property
     def gpu_slug(self) -> str | None:
@@ -151,12 +179,13 @@ class MoePerfRun:
             return
         if self.timer is not None:
             self.environments[self.gpu_slug] = self.timer.environment()
+            self.baseline_notes = self._compare_environments(self.environments[self.gpu_slug])
         errors = []
         if self.update_baselines:
             errors = self._write_baselines()
         if self.json_path:
             report.write_json(self.json_path, self.results, self.environments, self.tuned)
-        report.write_markdown(self.markdown_path, self.results, self.environments, self.tuned)
+        report.write_markdown(self.markdown_path, self.results, self.environments, self.tuned, self.baseline_notes)
         if self.plot_dir and self.results:
             from pytest_moeperf import plots
 
@@ -180,8 +209,9 @@ class MoePerfRun:
         errors = []
         for path, entries in sorted(by_file.items()):
             scenario = path.stem
+            environment = dict(self.environments.get(path.parent.name, {}), sources=self.sources(scenario))
             try:
-                baselines.update(path, entries, self.environments.get(path.parent.name, {}), scenario)
+                baselines.update(path, entries, environment, scenario)
             except baselines.BaselineError as e:
                 errors.append(str(e))
             else:
@@ -200,6 +230,8 @@ class MoePerfRun:
                           f"{'/'.join(map(str, ceilings)) or '?'} GB/s: {timing.CEILING_METHOD}")
             for line in report.table(self.results).splitlines():
                 tr.write_line(line)
+        for note in self.baseline_notes:
+            tr.write_line(f"pytest-moeperf: {note}", yellow=True)
         for path, n in self.written:
             tr.write_line(f"pytest-moeperf: wrote {n} baseline entries to {path}")
         if self.tuned:

@@ -5,6 +5,7 @@ import dataclasses
 import itertools
 import statistics
 import time
+import typing
 from collections.abc import Callable
 
 import torch
@@ -41,23 +42,30 @@ class Measurement:
         return self.iqr / self.median
 
 
-def _time_replays(run: Callable[[], None], calls: int, timing: Timing, min_warmup_s: float = 0.02) -> list[float]:
+def _event_us(run: Callable[[], object]) -> float:
+    """One eager call's time between two CUDA events, in microseconds."""
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    run()
+    end.record()
+    end.synchronize()
+    return start.elapsed_time(end) * 1000.0
+
+
+def _warm_up(runs: list[Callable[[], object]], timing: Timing, min_warmup_s: float = 0.02) -> None:
     # Warm up for `warmup` replays and at least min_warmup_s: a GPU that idled while the host checked correctness
     # has lowered its clocks, and a few replays of a 2 us kernel are not enough to raise them again.
     start, done = time.perf_counter(), 0
     while done < timing.warmup or time.perf_counter() - start < min_warmup_s:
-        run()
+        for run in runs:
+            run()
         torch.cuda.synchronize()
         done += 1
-    samples = []
-    for _ in range(timing.samples):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        run()
-        end.record()
-        end.synchronize()
-        samples.append(start.elapsed_time(end) * 1000.0 / calls)
-    return samples
+
+
+def _time_replays(run: Callable[[], None], calls: int, timing: Timing) -> list[float]:
+    _warm_up([run], timing)
+    return [_event_us(run) / calls for _ in range(timing.samples)]
 
 
 def graph_calls(timing: Timing, sets: int) -> int:
@@ -66,12 +74,19 @@ def graph_calls(timing: Timing, sets: int) -> int:
     return -(-n // sets) * sets
 
 
-def measure(calls: list[Callable[[], object]], timing: Timing) -> Measurement:
-    """Time `calls` (one per input set, rotated) per SPEC 3: each was already run once eagerly by the caller.
+@dataclasses.dataclass
+class Captured:
+    """What one measurement replays: `run` makes `calls` calls, through a CUDA graph (mode "graph") or eagerly."""
+    run: Callable[[], object]
+    calls: int
+    sets: int
+    mode: str
+    note: str = ""
 
-    One CUDA graph holds max(invocations, sets) calls, rounded to a whole number of rotations; each sample is one
-    replay's event time divided by the calls in it, in microseconds.
-    """
+
+def capture(calls: list[Callable[[], object]], timing: Timing) -> Captured:
+    """One CUDA graph of max(invocations, sets) calls (one per input set, rotated), rounded to a whole number of
+    rotations; an eager loop of the same calls when they cannot be captured (they sync or allocate)."""
     sets = len(calls)
     n = graph_calls(timing, sets)
     torch.cuda.synchronize()
@@ -94,11 +109,27 @@ def measure(calls: list[Callable[[], object]], timing: Timing) -> Measurement:
         def eager():
             for i in range(n):
                 calls[i % sets]()
-        return Measurement(_time_replays(eager, n, timing), "eager", n, sets,
-                           note=f"not capturable in a CUDA graph ({reason}); timed eagerly")
-    samples = _time_replays(graph.replay, n, timing)
-    del graph
-    return Measurement(samples, "graph", n, sets)
+        return Captured(eager, n, sets, "eager", f"not capturable in a CUDA graph ({reason}); timed eagerly")
+    return Captured(graph.replay, n, sets, "graph")
+
+
+def measure(calls: list[Callable[[], object]], timing: Timing) -> Measurement:
+    """Time `calls` (one per input set, rotated) per SPEC 3: each was already run once eagerly by the caller. Each
+    sample is one replay's event time divided by the calls in it, in microseconds."""
+    c = capture(calls, timing)
+    return Measurement(_time_replays(c.run, c.calls, timing), c.mode, c.calls, c.sets, c.note)
+
+
+def measure_interleaved(sides: list[Captured], timing: Timing) -> list[Measurement]:
+    """Time several captured sides in turns (A B, then B A, ...), so that clock and power changes reach them alike:
+    `samples` samples each, after a shared warm-up. One Measurement per side."""
+    _warm_up([side.run for side in sides], timing)
+    samples: list[list[float]] = [[] for _ in sides]
+    for i in range(timing.samples):
+        order = range(len(sides)) if i % 2 == 0 else reversed(range(len(sides)))
+        for j in order:
+            samples[j].append(_event_us(sides[j].run) / sides[j].calls)
+    return [Measurement(s, side.mode, side.calls, side.sets, side.note) for s, side in zip(samples, sides)]
 
 
 def input_sets_for_cold_l2(bytes_per_set: int, device, cap: int = 64) -> int:
@@ -114,16 +145,6 @@ CEILING_TRIES = 10
 CEILING_SPIN_UP_S = 0.5
 CEILING_METHOD = (f"eager torch copy_ of {CEILING_BYTES >> 30} GiB between CUDA events (an SM copy kernel, not a "
                   f"memcpy captured in a CUDA graph), best of {CEILING_TRIES}, bytes read + written")
-
-
-def _event_us(run: Callable[[], object]) -> float:
-    """One eager call's time between two CUDA events, in microseconds."""
-    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    start.record()
-    run()
-    end.record()
-    end.synchronize()
-    return start.elapsed_time(end) * 1000.0
 
 
 def best_copy_us(copy: Callable[[], object], tries: int | None = None, spin_up_s: float | None = None,
@@ -193,6 +214,16 @@ class CudaTimer:
         return str(torch.cuda.get_device_properties(torch.cuda.current_device()).uuid)
 
     measure = staticmethod(measure)
+
+    @staticmethod
+    def compare(calls, timing: Timing, contexts: list[Callable[[], typing.ContextManager]]) -> list[Measurement]:
+        """The same calls captured once inside each context (another launch config, another implementation) and
+        the captures replayed in turns (measure_interleaved): one Measurement per context."""
+        captured = []
+        for context in contexts:
+            with context():
+                captured.append(capture(calls, timing))
+        return measure_interleaved(captured, timing)
     input_sets_for_cold_l2 = staticmethod(input_sets_for_cold_l2)
     ceiling_gbps = staticmethod(copy_ceiling_gbps)
     matmul_ceiling_tflops = staticmethod(matmul_ceiling_tflops)
