@@ -8,6 +8,9 @@ configs that a call reads for its shape and GPU. Two families:
   (gemm_config_name(): "E=8,N=14336,device_name=NVIDIA_H100_80GB_HBM3.json", {"<batch size>": config, ...}), so
   that the files are interchangeable with vLLM's.
 
+A config file serves one caller: moe_unpermute reads "unpermute" files, the standard path's
+_moe_unpermute_and_reduce (another variant of the same kernel, over padded rows) reads "unpermute_and_reduce" files,
+which no tuning run writes, so it runs the defaults (an H200 config tuned for moe_unpermute ran it 13% slower).
 A tuned entry serves only the batch size it was tuned at: a call at any other batch size runs the defaults. An entry
 is written only where the tuning run timed it faster than the default (pytest_moeperf/items.py, TuneItem), so no
 batch size runs a config that was never shown to beat the default there (vLLM's reader takes the nearest entry
@@ -58,7 +61,8 @@ def dtype_name(dtype: torch.dtype) -> str:
 
 
 def config_name(op: str, H: int, k: int, dtype: torch.dtype, device: str, E: int | None = None) -> str:
-    """File name of the tuned configs of one shape: unpermute does not depend on the expert count, so has no E."""
+    """File name of the tuned configs of one shape: the unpermute kernels do not depend on the expert count, so have
+    no E."""
     experts = f",E={E}" if op == "permute" else ""
     return f"{op}{experts},H={H},k={k},dtype={dtype_name(dtype)},device_name={device}.json"
 

@@ -7,12 +7,14 @@ from kernels import _checks, _launch, _rows, tuning
 from kernels._pipeline import cdiv
 
 
-def _reduce(out, permuted, inv, weights, limit) -> None:
+def _reduce(out, permuted, inv, weights, limit, op: str) -> None:
+    """One launch of unpermute_kernel, with the launch config tuned for `op` (each caller compiles its own variant
+    and reads its own data layout: a config tuned for one is not shown faster for the other)."""
     M, H = out.shape
     k = inv.numel() // max(M, 1)
     if M == 0 or H == 0:
         return
-    config = tuning.launch_config("unpermute", M, H, k, out.dtype, out.device)
+    config = tuning.launch_config(op, M, H, k, out.dtype, out.device)
     block_t, block_h = config["BLOCK_T"], config["BLOCK_H"]
     dummy = inv
     _rows.unpermute_kernel[(cdiv(M, block_t), cdiv(H, block_h))](
@@ -60,7 +62,7 @@ def moe_unpermute(out: torch.Tensor, permuted_hidden_states: torch.Tensor, topk_
         if offs.dtype != torch.int64 or offs.dim() != 1 or offs.numel() < 1:
             raise ValueError(f"expert_first_token_offset must be 1-D int64 [L+1], got {_checks.describe(offs)}")
         limit = offs[-1:]
-    _reduce(out, permuted_hidden_states, inv_permuted_idx, topk_weights.contiguous(), limit)
+    _reduce(out, permuted_hidden_states, inv_permuted_idx, topk_weights.contiguous(), limit, "unpermute")
     return out
 
 
@@ -71,4 +73,4 @@ def _moe_unpermute_and_reduce(out: torch.Tensor, curr_hidden: torch.Tensor, inv_
     _checks.check_same_device(out=out, curr_hidden=curr_hidden, inv_perm=inv_perm, topk_weight=topk_weight)
     _check_reduce_args(out, curr_hidden, inv_perm, "inv_perm", topk_weight, "topk_weight", "curr_hidden")
     weights = None if apply_router_weight_on_input else topk_weight.contiguous()
-    _reduce(out, curr_hidden, inv_perm, weights, None)
+    _reduce(out, curr_hidden, inv_perm, weights, None, "unpermute_and_reduce")

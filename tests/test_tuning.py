@@ -175,3 +175,19 @@ def test_gemm_search_space_is_vllms_pruned(monkeypatch):
     assert {c["BLOCK_SIZE_K"] for c in block} == {64, 128}  # 256 would straddle a 128-column scale block
     small = tuning.gemm_search_space(1, 2, 8, 2, None)
     assert {c["BLOCK_SIZE_M"] for c in small} == {16}  # two routes: wider row blocks only hold padding
+
+
+def test_the_standard_path_reads_its_own_configs_not_moe_unpermutes(config_dir, device):
+    # moe_unpermute's tuned entries were shown faster for its own kernel variant and rows; the standard path's
+    # reduce (another variant, over padded rows) runs the defaults unless a file of its own says otherwise
+    M, H, k = 4, 64, 2
+    name = tuning.config_name("unpermute", H, k, torch.float32, tuning.device_name(torch.device(device)))
+    write_configs(config_dir, name, {str(M): {"BLOCK_T": 2, "BLOCK_H": 32, "num_warps": 2}})
+    rows = torch.randn(M * k, H, device=device)
+    inv = torch.randperm(M * k, device=device).to(torch.int32)
+    weights = torch.rand(M, k, device=device)
+    with tuning.recording() as read:
+        kernels._moe_unpermute_and_reduce(torch.empty(M, H, device=device), rows, inv, weights, False)
+        kernels.moe_unpermute(torch.empty(M, H, device=device), rows, weights, inv)
+    assert [r.op for r in read] == ["unpermute_and_reduce", "unpermute"]
+    assert not (config_dir / read[0].name).exists() and (config_dir / read[1].name).exists()
