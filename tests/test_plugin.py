@@ -226,7 +226,8 @@ def test_update_baselines_respects_k_and_merges(env):
     run_timed(env, "--update-baselines", "-k", "timing and align and M1").assert_outcomes(passed=2)
     data = json.loads(baseline_file(env).read_text())
     assert set(data["entries"]) == keys | {"align[torch-bf16-M1]", "align[standard-bf16-M1]"}
-    assert data["environment"] == {"device": "fake"} and data["schema"] == 1
+    assert set(data["environment"]) == {"device", "sources"} and data["schema"] == 1
+    assert data["environment"]["device"] == "fake" and len(data["environment"]["sources"]) == 16
     entry = data["entries"]["permute[customized-bf16-M1]"]
     assert len(entry["samples_us"]) == 20 and abs(entry["median_us"] - 10) < 0.5
     text = baseline_file(env).read_text()
