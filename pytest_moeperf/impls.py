@@ -275,27 +275,29 @@ def for_scenario(scenario) -> list[Impl]:
     return out
 
 
-def _source_files(fn: Callable) -> set[Path]:
-    """The files a function's behaviour comes from: every .py and .json (tuned configs) of its top-level package, or
-    its module's file when that is no package."""
+def _source_files(fn: Callable, device_name: str) -> set[Path]:
+    """The files a function's behaviour on `device_name` comes from: every .py of its top-level package and the
+    .json files (tuned configs) named for that GPU or for none, or its module's file when that is no package."""
     module = sys.modules.get(getattr(fn, "__module__", None) or "")
     top = sys.modules.get(module.__name__.partition(".")[0]) if module else None
     if top is not None and getattr(top, "__path__", None):
         root = Path(list(top.__path__)[0])
-        return {f for f in root.rglob("*") if f.suffix in (".py", ".json") and "__pycache__" not in f.parts}
+        return {f for f in root.rglob("*") if "__pycache__" not in f.parts and (
+            f.suffix == ".py" or (f.suffix == ".json" and (f"device_name={device_name}" in f.name
+                                                           or "device_name=" not in f.name)))}
     try:
         return {Path(inspect.getsourcefile(fn))}
     except (TypeError, OSError):  # a compiled extension or a builtin: nothing to read
         return set()
 
 
-def source_digest(impls: list[Impl]) -> str:
-    """A short digest of the source files (and tuned configs) of these implementations: a baseline records it, and
-    a later run that finds another says that the kernels changed since the baseline was taken."""
+def source_digest(impls: list[Impl], device_name: str) -> str:
+    """A short digest of the source files and this GPU's tuned configs of these implementations: a baseline records
+    it, and a later run that finds another says that the kernels changed since the baseline was taken."""
     files = set()
     for impl in impls:
         for fn in impl.functions():
-            files |= _source_files(fn)
+            files |= _source_files(fn, device_name)
     h = hashlib.sha256()
     for f in sorted(files, key=lambda f: (f.name, str(f))):
         h.update(f.name.encode() + b"\0" + f.read_bytes() + b"\0")

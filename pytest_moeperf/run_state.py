@@ -115,7 +115,7 @@ class MoePerfRun:
 
         for scenario, built in self.entries.values():
             if scenario.name == scenario_name:
-                return impls.source_digest([i for i in built if i.name != "torch"])
+                return impls.source_digest([i for i in built if i.name != "torch"], self.gpu_slug)
         return ""
 
     def _compare_environments(self, current: dict) -> list[str]:
