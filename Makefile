@@ -19,4 +19,4 @@ run: $(BIN)/.installed
 	$(BIN)/python -m pytest --moeperf scenarios/mixtral.yaml
 
 test: $(BIN)/.installed
-	$(BIN)/python -m pytest -n 2 -q
+	$(BIN)/python -m pytest -n auto -q
