@@ -3,9 +3,11 @@ from __future__ import annotations
 
 import datetime
 import json
+import math
 from pathlib import Path
 
 from pytest_moeperf import files
+from pytest_moeperf.scenario import check_name
 
 SCHEMA = 1
 
@@ -15,6 +17,11 @@ class BaselineError(ValueError):
 
 
 def path_for(root: Path, gpu_slug: str, scenario: str) -> Path:
+    """root/<gpu-slug>/<scenario>.json; both names must be plain file names, so the path stays inside root."""
+    for what, name in (("GPU name", gpu_slug), ("scenario name", scenario)):
+        why = check_name(str(name))
+        if why:
+            raise BaselineError(f"{what} {why}")
     return Path(root) / gpu_slug / f"{scenario}.json"
 
 
@@ -40,6 +47,29 @@ def differences(recorded: dict, current: dict, sources: str | None = None) -> li
     return out
 
 
+MIN_SAMPLES = 3  # the rank test and the noise band need a few samples
+
+
+def _positive(x) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) and x > 0
+
+
+def entry_problem(entry) -> str | None:
+    """Why an entry cannot serve as a baseline (None when it can): the verdict needs a positive finite median and at
+    least MIN_SAMPLES positive finite samples."""
+    if not isinstance(entry, dict):
+        return f"must be a mapping with median_us and samples_us, got {type(entry).__name__}"
+    if not _positive(entry.get("median_us")):
+        return f"median_us must be a positive finite number, got {str(entry.get('median_us'))[:40]}"
+    samples = entry.get("samples_us")
+    if not isinstance(samples, list) or len(samples) < MIN_SAMPLES:
+        return f"samples_us must be a list of at least {MIN_SAMPLES} timings"
+    bad = next((x for x in samples if not _positive(x)), None)
+    if bad is not None:
+        return f"samples_us must hold positive finite numbers, got {str(bad)[:40]}"
+    return None
+
+
 def load_file(path: Path) -> tuple[dict, dict]:
     """(entries, environment) of a baseline file (both {} when there is no file). A file that cannot be read or
     parsed is an error."""
@@ -48,17 +78,18 @@ def load_file(path: Path) -> tuple[dict, dict]:
         return {}, {}
     try:
         data = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise BaselineError(f"baseline file {path} is unreadable or corrupted ({e}); fix or delete it - it will "
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
+        why = "nested too deeply" if isinstance(e, RecursionError) else str(e)[:200]
+        raise BaselineError(f"baseline file {path} is unreadable or corrupted ({why}); fix or delete it - it will "
                             f"not be overwritten") from None
     if not isinstance(data, dict) or data.get("schema") != SCHEMA or not isinstance(data.get("entries"), dict):
         raise BaselineError(f"baseline file {path} is not a pytest-moeperf baseline (schema {SCHEMA} with "
                             f"'entries'); fix or delete it - it will not be overwritten")
     for key, entry in data["entries"].items():
-        if not isinstance(entry, dict) or not isinstance(entry.get("samples_us"), list) or \
-                not isinstance(entry.get("median_us"), (int, float)):
-            raise BaselineError(f"baseline file {path}: entry {key!r} lacks median_us / samples_us; fix or delete "
-                                f"it - it will not be overwritten")
+        why = entry_problem(entry)
+        if why:
+            raise BaselineError(f"baseline file {path}: entry {str(key)[:100]!r}: {why}; fix or delete it - it will "
+                                f"not be overwritten")
     environment = data.get("environment")
     return data["entries"], environment if isinstance(environment, dict) else {}
 

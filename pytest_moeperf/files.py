@@ -1,20 +1,27 @@
-"""Writing shared JSON files (baselines, tuned configs) safely: one writer at a time per file on this machine, and a
-reader sees the old file or the new one, never a part (temporary file, fsync, rename)."""
+"""Writing shared JSON files (baselines, tuned configs) safely: one writer at a time per folder, and a reader sees the
+old file or the new one, never a part (temporary file, fsync, rename)."""
 from __future__ import annotations
 
 import contextlib
-import hashlib
+import fcntl
 import json
 import os
 import tempfile
 from pathlib import Path
 
-from pytest_moeperf.locks import machine_lock
 
-
+@contextlib.contextmanager
 def file_lock(path: Path):
-    """Serialise the writers of one file on this machine."""
-    return machine_lock("file-" + hashlib.sha1(str(Path(path).resolve()).encode()).hexdigest()[:16])
+    """Serialise the writers of the files of one folder: an exclusive flock on the folder itself (created first), so
+    every writer finds the same lock whatever its $TMPDIR or user, and no lock file is left behind."""
+    folder = Path(path).parent
+    folder.mkdir(parents=True, exist_ok=True)
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
 
 
 def _new_file_mode(path: Path) -> int:

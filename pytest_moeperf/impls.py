@@ -47,6 +47,12 @@ def _poison_unowned(rows: torch.Tensor, owned_rows: torch.Tensor) -> torch.Tenso
     return out
 
 
+def _describe(value) -> str:
+    if isinstance(value, torch.Tensor):
+        return f"a tensor of shape {tuple(value.shape)}, dtype {value.dtype}"
+    return f"a {type(value).__name__}"
+
+
 def _local_mask(p: Problem) -> torch.Tensor:
     return reference.local_expert_of_routes(p.topk_ids, p.E, p.expert_map) >= 0
 
@@ -145,6 +151,18 @@ class CustomizedContract(Impl):
         out = torch.empty(p.M, p.H, dtype=p.out_dtype, device=p.hidden.device)
         return lambda: self.fns["unpermute"](out, rows, p.topk_weights, inv, offsets)
 
+    def _unpermuted(self, p: Problem, rows, inv, offsets) -> torch.Tensor:
+        """What unpermute wrote into `out` (filled with NaN first). The contract writes `out` in place, as vLLM's
+        moe_unpermute does (it returns None); a returned tensor is accepted only when it is `out` itself."""
+        out = torch.full((p.M, p.H), float("nan"), dtype=p.out_dtype, device=p.hidden.device)
+        returned = self.fns["unpermute"](out, rows, p.topk_weights, inv, offsets)
+        if returned is not None and not (isinstance(returned, torch.Tensor) and returned.shape == out.shape
+                                         and returned.data_ptr() == out.data_ptr()):
+            what = _describe(returned)
+            raise AssertionError(f"unpermute returned {what}, not `out`: it must write its result into `out` in "
+                                 f"place (returning None, as vLLM's moe_unpermute does, or `out` itself)")
+        return out
+
     def prepare(self, op, p):
         if op == "permute":
             return self._permute_call(p)
@@ -162,14 +180,14 @@ class CustomizedContract(Impl):
 
     def _check_unpermute(self, p: Problem) -> None:
         rows, inv, offsets = self._unpermute_inputs(p)
-        got = self._unpermute_call(p, rows, inv, offsets)()
+        got = self._unpermuted(p, rows, inv, offsets)
         want = torch.empty(p.M, p.H, dtype=p.out_dtype, device=p.hidden.device)
         reference.moe_unpermute(want, rows, p.topk_weights, inv, offsets)
-        compare.assert_close("unpermute", got, want)
+        compare.assert_close("unpermute (read from out)", got, want)
         # End to end with this implementation's own permute where it has one.
         permute = self.fns["permute"] or reference.moe_permute
         permuted, _, offsets, inv, _ = permute(p.hidden, p.scale, p.topk_ids, p.E, p.n_local, p.expert_map, p.align)
-        out = self._unpermute_call(p, permuted.to(p.out_dtype), inv, offsets)()
+        out = self._unpermuted(p, permuted.to(p.out_dtype), inv, offsets)
         compare.assert_close("permute -> identity expert -> unpermute", out, _expected_round_trip(p))
 
 
@@ -232,12 +250,14 @@ def _user_impl(spec: ImplSpec) -> Impl:
     module_name, _, attr = spec.path.partition(":")
     try:
         provider = getattr(importlib.import_module(module_name), attr)
-    except (ImportError, AttributeError) as e:
-        raise ImplError(f"implementation {spec.name!r}: cannot import {spec.path!r}: {e}") from None
+    except (Exception, SystemExit) as e:  # the user's module: a missing name, a SyntaxError, whatever it raised
+        raise ImplError(f"implementation {spec.name!r}: cannot import {spec.path!r}: {type(e).__name__}: "
+                        f"{str(e)[:300]}") from None
     try:
         fns = provider()
-    except Exception as e:  # the user's code: report whatever it raised
-        raise ImplError(f"implementation {spec.name!r}: {spec.path}() raised {type(e).__name__}: {e}") from None
+    except (Exception, SystemExit) as e:  # the user's code, sys.exit included: report whatever it raised
+        raise ImplError(f"implementation {spec.name!r}: {spec.path}() raised {type(e).__name__}: "
+                        f"{str(e)[:300]}") from None
     if not isinstance(fns, dict) or not fns or set(fns) - set(OPS) or not all(callable(f) for f in fns.values()):
         raise ImplError(f"implementation {spec.name!r}: {spec.path}() must return a dict mapping some of "
                         f"{', '.join(map(repr, OPS))} to callables, got {fns!r}")

@@ -110,7 +110,7 @@ class TimingItem(_Item):
             return [self.impl.prepare(self.op, p) for p in sets]
 
         ceiling = timer.ceiling_gbps(first.hidden.device)
-        threshold = run.threshold_override or self.scenario.threshold
+        threshold = self.scenario.threshold if run.threshold_override is None else run.threshold_override
         base = run.baseline_entry(self.scenario, self.key)
         m, v, confirmed, injected = self._measure_and_judge(timer, make_calls(reuse_first=True), make_calls, base,
                                                             threshold, first.hidden.device)

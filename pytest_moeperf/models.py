@@ -14,6 +14,12 @@ class MoEShape:
     intermediate_size: int  # I, per expert
     dtype: str = "bf16"  # the dtype the model ships in ("auto" resolves to this)
 
+    def problem(self) -> str | None:
+        """Why no routing can have this shape (None when it can): a token picks topk distinct experts."""
+        if self.topk > self.num_experts:
+            return f"topk={self.topk} exceeds num_experts={self.num_experts}"
+        return None
+
 
 BUILTIN = {
     "mistralai/Mixtral-8x7B-Instruct-v0.1": MoEShape(8, 2, 4096, 14336),
@@ -77,4 +83,7 @@ def shape_from_config(path: str | Path) -> MoEShape:
     if missing:
         raise ConfigError(f"config file {path} lacks a positive integer for " + "; ".join(missing))
     dtype = next((_DTYPES[d] for s in scopes if (d := s.get("torch_dtype") or s.get("dtype")) in _DTYPES), "bf16")
-    return MoEShape(dtype=dtype, **values)
+    shape = MoEShape(dtype=dtype, **values)
+    if shape.problem():
+        raise ConfigError(f"config file {path}: {shape.problem()}")
+    return shape

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from pytest_moeperf import baselines, experts, report, timing, verdict
+from pytest_moeperf import baselines, experts, options, report, timing, verdict
 
 RUN_KEY = pytest.StashKey()
 
@@ -28,29 +28,31 @@ class MoePerfRun:
         self.entries = entries  # resolved scenario path -> (Scenario, [Impl])
         self.device = device
         opt = config.getoption
-        self.update_baselines = opt("update_baselines")
-        self.strict = opt("moeperf_strict") or _ini_bool(config, "moeperf_strict")
-        self.gate_eager = opt("moeperf_gate_eager") or _ini_bool(config, "moeperf_gate_eager")
-        self.threshold_override = opt("moeperf_threshold") or _ini_float(config, "moeperf_threshold")
-        floor = opt("moeperf_noise_floor_us")
-        if floor is None:
-            floor = _ini_float(config, "moeperf_noise_floor_us")
+
+        def setting(name: str, parse):  # the command line wins over the ini option; both are checked alike
+            value = opt(name)
+            return value if value is not None else options.ini_value(config, name, parse)
+
+        try:
+            self.update_baselines = opt("update_baselines")
+            self.strict = opt("moeperf_strict") or options.ini_bool(config, "moeperf_strict")
+            self.gate_eager = opt("moeperf_gate_eager") or options.ini_bool(config, "moeperf_gate_eager")
+            self.threshold_override = setting("moeperf_threshold", options.THRESHOLD)
+            floor = setting("moeperf_noise_floor_us", options.NOISE_FLOOR_US)
+            cpu_max_batch = setting("moeperf_cpu_max_batch", options.CPU_MAX_BATCH)
+        except ValueError as e:
+            raise pytest.UsageError(str(e)) from None
         self.noise_floor_us = verdict.DEFAULT_NOISE_FLOOR_US if floor is None else floor
+        self.cpu_max_batch = 64 if cpu_max_batch is None else cpu_max_batch
         self.inject_slowdown = opt("moeperf_inject_slowdown")
-        if self.inject_slowdown is not None and not 0 < self.inject_slowdown <= 10:
-            raise pytest.UsageError(f"--moeperf-inject-slowdown must be a fraction in (0, 10], "
-                                    f"got {self.inject_slowdown}")
         if self.inject_slowdown and self.update_baselines:
             raise pytest.UsageError("--moeperf-inject-slowdown cannot be used with --update-baselines: an injected "
                                     "slowdown must never become a baseline")
         self.tune = opt("moeperf_tune")
         self.tune_max_configs = opt("moeperf_tune_max_configs")
-        if self.tune_max_configs is not None and self.tune_max_configs < 1:
-            raise pytest.UsageError(f"--moeperf-tune-max-configs must be at least 1, got {self.tune_max_configs}")
         if self.tune and (self.update_baselines or self.inject_slowdown):
             raise pytest.UsageError("--moeperf-tune runs alone: tune first, then time and record baselines with the "
                                     "tuned configs in a second run")
-        self.cpu_max_batch = opt("moeperf_cpu_max_batch") or int(config.getini("moeperf_cpu_max_batch") or 64)
         root = opt("moeperf_baselines") or config.getini("moeperf_baselines") or "baselines"
         self.baselines_root = Path(root) if Path(root).is_absolute() else Path(config.rootpath) / root
         self.json_path = opt("moeperf_json") or config.getini("moeperf_json") or None
@@ -78,11 +80,11 @@ class MoePerfRun:
         try:
             for f in scenario.expand_paths(paths):
                 s = scenario.load(f)
-                if s.name in names:
+                if s.name.lower() in names:  # one baseline file each, also on a case-insensitive file system
                     raise scenario.ScenarioError(
-                        f, None, "name",
-                        f"scenario name {s.name!r} is also used by {names[s.name]} (baseline files are named after it)")
-                names[s.name] = f
+                        f, None, "name", f"scenario name {s.name!r} is also used by {names[s.name.lower()]} "
+                                         f"(baseline files are named after it)")
+                names[s.name.lower()] = f
                 entries[f.resolve()] = (s, impls.for_scenario(s))
         except (scenario.ScenarioError, impls.ImplError) as e:
             raise pytest.UsageError(str(e)) from None
@@ -180,16 +182,30 @@ class MoePerfRun:
         if self.timer is not None:
             self.environments[self.gpu_slug] = self.timer.environment()
             self.baseline_notes = self._compare_environments(self.environments[self.gpu_slug])
+        # Reports first, each on its own: nothing measured may be lost because one write (a baseline file on a
+        # read-only disk, a plot folder that is a file) failed; every failure is reported and fails the session.
         errors = []
-        if self.update_baselines:
-            errors = self._write_baselines()
+
+        def attempt(what: str, write) -> None:
+            try:
+                write()
+            except (OSError, ValueError) as e:
+                errors.append(f"could not write {what}: {e}")
+
         if self.json_path:
-            report.write_json(self.json_path, self.results, self.environments, self.tuned)
-        report.write_markdown(self.markdown_path, self.results, self.environments, self.tuned, self.baseline_notes)
+            attempt(f"the JSON report {self.json_path}",
+                    lambda: report.write_json(self.json_path, self.results, self.environments, self.tuned))
+        attempt(f"the markdown summary {self.markdown_path or '$GITHUB_STEP_SUMMARY'}",
+                lambda: report.write_markdown(self.markdown_path, self.results, self.environments, self.tuned,
+                                              self.baseline_notes))
         if self.plot_dir and self.results:
             from pytest_moeperf import plots
 
-            self.plots = plots.write(self.plot_dir, self.results)
+            def write_plots():
+                self.plots = plots.write(self.plot_dir, self.results)
+            attempt(f"the plots in {self.plot_dir}", write_plots)
+        if self.update_baselines:
+            errors += self._write_baselines()
         self._report_errors(session, errors)
 
     def _report_errors(self, session, errors: list[str]) -> None:
@@ -200,20 +216,19 @@ class MoePerfRun:
             session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
     def _write_baselines(self) -> list[str]:
-        by_file: dict[Path, dict] = {}
+        by_file: dict[tuple[str, str], dict] = {}
         for r in self.results:
-            path = baselines.path_for(self.baselines_root, r["gpu"], r["scenario"])
-            by_file.setdefault(path, {})[r["key"]] = {
+            by_file.setdefault((r["gpu"], r["scenario"]), {})[r["key"]] = {
                 k: r[k] for k in ("median_us", "iqr_us", "min_us", "samples_us", "gbps", "ceiling_pct", "mode",
                                   "l2", "routing", "input_sets", "invocations")}
         errors = []
-        for path, entries in sorted(by_file.items()):
-            scenario = path.stem
-            environment = dict(self.environments.get(path.parent.name, {}), sources=self.sources(scenario))
+        for (gpu, scenario), entries in sorted(by_file.items()):
+            environment = dict(self.environments.get(gpu, {}), sources=self.sources(scenario))
             try:
+                path = baselines.path_for(self.baselines_root, gpu, scenario)
                 baselines.update(path, entries, environment, scenario)
-            except baselines.BaselineError as e:
-                errors.append(str(e))
+            except (baselines.BaselineError, OSError) as e:
+                errors.append(f"baselines of {scenario} ({len(entries)} entries) not written: {e}")
             else:
                 self.written.append((path, len(entries)))
         return errors
@@ -234,6 +249,10 @@ class MoePerfRun:
             tr.write_line(f"pytest-moeperf: {note}", yellow=True)
         for path, n in self.written:
             tr.write_line(f"pytest-moeperf: wrote {n} baseline entries to {path}")
+        if self.update_baselines and not self.written:
+            why = ("there is no CUDA GPU here, so every timing test was skipped" if self.timer is None else
+                   "no timing test ran (see the selection: -k, -m, --deselect) or none passed")
+            tr.write_line(f"pytest-moeperf: --update-baselines wrote nothing: {why}", yellow=True)
         if self.tuned:
             tr.section("pytest-moeperf tuning")
             for line in report.tuning_table(self.tuned).splitlines():
@@ -252,15 +271,6 @@ class MoePerfRun:
                           f"(batch sizes <= {self.cpu_max_batch}{gemm}); skipped {self.skipped.get('timing', 0)} "
                           f"timing tests and {self.skipped.get('correctness', 0)} correctness tests above those caps. "
                           "Run on a GPU for those (pytest -rs lists them).")
-
-
-def _ini_bool(config, name) -> bool:
-    return str(config.getini(name)).strip().lower() in ("1", "true", "yes", "on")
-
-
-def _ini_float(config, name):
-    v = config.getini(name)
-    return float(v) if v not in (None, "") else None
 
 
 def visible_gpus() -> list[str]:

@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import dataclasses
+import re
+import reprlib
 from pathlib import Path
 
 import yaml
@@ -94,6 +96,48 @@ _KEYS = {"name", "model", "shape", "dtypes", "batch_sizes", "ops", "impls", "tp_
 _SHAPE_KEYS = ("num_experts", "topk", "hidden_size", "intermediate_size")
 
 
+MOST_NODES = 10_000  # values a scenario may expand to, aliases counted at each use
+NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
+_REPR = reprlib.Repr()
+_REPR.maxstring = _REPR.maxother = 80
+_REPR.maxlist = _REPR.maxtuple = _REPR.maxdict = _REPR.maxset = 8
+_REPR.maxlevel = 3
+
+
+def _quote(value) -> str:
+    """A user value as an error message quotes it: at most about 100 characters, however large or deep it is."""
+    return _clip(_REPR.repr(value))
+
+
+def _clip(text: str, most: int = 200) -> str:
+    return text if len(text) <= most else text[:most] + f"... ({len(text)} characters)"
+
+
+def _first_node_past(root, most: int):
+    """The node at which a walk of the document, aliases expanded, passes `most` values (None when it does not)."""
+    count, stack = 0, [root] if root is not None else []
+    while stack:
+        node = stack.pop()
+        count += 1
+        if count > most:
+            return node
+        if isinstance(node, yaml.SequenceNode):
+            stack.extend(node.value)
+        elif isinstance(node, yaml.MappingNode):
+            for k, v in node.value:
+                stack += [k, v]
+    return None
+
+
+def check_name(name: str) -> str | None:
+    """Why a scenario name cannot name a baseline file (None when it can): 1-100 letters, digits, '.', '_' or '-',
+    starting with a letter or digit (so no path, no hidden file, nothing that leaves the baselines folder)."""
+    if not NAME_PATTERN.fullmatch(name):
+        return (f"{_quote(name)} cannot name a baseline file: use 1-100 letters, digits, '.', '_' or '-', starting "
+                f"with a letter or digit")
+    return None
+
+
 class _Reader:
     """Constructs values from a composed YAML node tree, keeping each node's line for error messages."""
 
@@ -104,10 +148,15 @@ class _Reader:
             self.root = loader.get_single_node()
         except yaml.YAMLError as e:
             mark = getattr(e, "problem_mark", None)
-            raise ScenarioError(path, mark.line + 1 if mark else None, None, f"invalid YAML: {e}") from None
+            raise ScenarioError(path, mark.line + 1 if mark else None, None,
+                                f"invalid YAML: {_clip(str(e))}") from None
         finally:
             loader.dispose()
         self._loader = yaml.SafeLoader("")
+        big = _first_node_past(self.root, MOST_NODES)
+        if big is not None:
+            raise self.error(big, None, f"the document expands to more than {MOST_NODES} values (YAML aliases "
+                                        f"repeating aliases?): a scenario needs a few dozen")
 
     def error(self, node, key, message):
         return ScenarioError(self.path, node.start_mark.line + 1 if node is not None else None, key, message)
@@ -132,7 +181,7 @@ class _Reader:
     def integer(self, node, key, minimum=None, maximum=None) -> int:
         v = self.value(node)
         if isinstance(v, bool) or not isinstance(v, int):
-            raise self.error(node, key, f"must be an integer, got {v!r}")
+            raise self.error(node, key, f"must be an integer, got {_quote(v)}")
         if minimum is not None and v < minimum:
             raise self.error(node, key, f"must be >= {minimum}, got {v}")
         if maximum is not None and v > maximum:
@@ -142,7 +191,7 @@ class _Reader:
     def number(self, node, key, low, high) -> float:
         v = self.value(node)
         if isinstance(v, bool) or not isinstance(v, (int, float)):
-            raise self.error(node, key, f"must be a number, got {v!r}")
+            raise self.error(node, key, f"must be a number, got {_quote(v)}")
         if not low < v < high:
             raise self.error(node, key, f"must lie strictly between {low} and {high}, got {v}")
         return float(v)
@@ -150,14 +199,14 @@ class _Reader:
     def string(self, node, key, choices=None) -> str:
         v = self.value(node)
         if not isinstance(v, str):
-            raise self.error(node, key, f"must be a string, got {v!r}")
+            raise self.error(node, key, f"must be a string, got {_quote(v)}")
         if choices is not None and v not in choices:
-            raise self.error(node, key, f"unknown value {v!r}; expected one of {', '.join(choices)}")
+            raise self.error(node, key, f"unknown value {_quote(v)}; expected one of {', '.join(choices)}")
         return v
 
     def sequence(self, node, key) -> list:
         if not isinstance(node, yaml.SequenceNode) or not node.value:
-            raise self.error(node, key, f"must be a non-empty list, got {self.value(node)!r}")
+            raise self.error(node, key, f"must be a non-empty list, got {_quote(self.value(node))}")
         return node.value
 
 
@@ -171,18 +220,18 @@ def _model(r: _Reader, fields: dict):
         missing = [k for k in _SHAPE_KEYS if k not in given]
         if missing:
             raise r.error(node, "shape", f"missing {', '.join(missing)}")
-        values = {k: r.integer(given[k], f"shape.{k}", minimum=1) for k in _SHAPE_KEYS}
-        if values["topk"] > values["num_experts"]:
-            raise r.error(given["topk"], "shape.topk", f"topk={values['topk']} exceeds num_experts="
-                                                       f"{values['num_experts']}")
-        return "custom", models.MoEShape(**values)
+        shape = models.MoEShape(**{k: r.integer(given[k], f"shape.{k}", minimum=1) for k in _SHAPE_KEYS})
+        if shape.problem():
+            raise r.error(given["topk"], "shape.topk", shape.problem())
+        return "custom", shape
     node = fields["model"]
     name = r.string(node, "model")
     if name in models.BUILTIN:
         return name, models.BUILTIN[name]
     candidate = Path(name) if Path(name).is_absolute() else r.path.parent / name
     if not (name.endswith(".json") or candidate.exists()):
-        raise r.error(node, "model", f"unknown model {name!r}: neither a built-in id ({', '.join(models.BUILTIN)}) "
+        raise r.error(node, "model", f"unknown model {_quote(name)}: neither a built-in id "
+                                     f"({', '.join(models.BUILTIN)}) "
                                      f"nor a path to a config.json")
     try:
         return name, models.shape_from_config(candidate)
@@ -205,7 +254,7 @@ def _routing(r: _Reader, node, E: int, k: int) -> Routing:
             if key == "kind":
                 continue
             if key not in allowed:
-                raise r.error(v, f"routing.{key}", f"does not apply to routing kind {kind!r}")
+                raise r.error(v, f"routing.{key}", f"does not apply to routing kind {_quote(kind)}")
             if key == "alpha":
                 params["alpha"] = r.number(v, "routing.alpha", 0.0, 100.0)
             elif key == "p":
@@ -239,7 +288,7 @@ def _impls(r: _Reader, node) -> tuple[ImplSpec, ...]:
             spec = ImplSpec(r.string(given["name"], "impls[].name"), r.string(given["path"], "impls[].path"),
                             item.start_mark.line + 1)
             if ":" not in spec.path:
-                raise r.error(given["path"], "impls[].path", f"{spec.path!r} must look like 'package.module:function'")
+                raise r.error(given["path"], "impls[].path", f"{_quote(spec.path)} must look like 'package.module:function'")
         else:
             text = r.string(item, "impls")
             if ":" in text:
@@ -247,10 +296,10 @@ def _impls(r: _Reader, node) -> tuple[ImplSpec, ...]:
             elif text in BUILTIN_IMPLS:
                 spec = ImplSpec(text, line=item.start_mark.line + 1)
             else:
-                raise r.error(item, "impls", f"unknown implementation {text!r}; expected one of "
+                raise r.error(item, "impls", f"unknown implementation {_quote(text)}; expected one of "
                                              f"{', '.join(BUILTIN_IMPLS)} or 'package.module:function'")
         if any(s.name == spec.name for s in out):
-            raise r.error(item, "impls", f"implementation {spec.name!r} listed twice")
+            raise r.error(item, "impls", f"implementation {_quote(spec.name)} listed twice")
         out.append(spec)
     return tuple(out)
 
@@ -279,6 +328,11 @@ def load(path: str | Path) -> Scenario:
         return parse(fields[key]) if key in fields else default
 
     name = get("name", lambda n: r.string(n, "name"), path.stem)
+    why = check_name(name)
+    if why:
+        where = "name" if "name" in fields else None
+        raise r.error(fields.get("name"), where, why if where else f"the file name {why}; rename the file or give "
+                                                                      f"the scenario a 'name'")
     dtypes = get("dtypes", lambda n: _string_list(r, n, "dtypes", DTYPES), ("bf16",))
     batch_sizes = get("batch_sizes", lambda n: tuple(r.integer(x, "batch_sizes", minimum=1)
                                                      for x in r.sequence(n, "batch_sizes")), VLLM_BATCH_SIZES)

@@ -38,8 +38,8 @@ def write_all(results: list[dict]) -> tuple[list[tuple[Path, int, int]], list[st
     for (name, op), winners in sorted(by_file.items()):
         try:
             path = merge(tuning.CONFIG_DIR, name, winners, op)
-        except tuning.ConfigError as e:
-            errors.append(str(e))
+        except (tuning.ConfigError, OSError) as e:
+            errors.append(f"tuned configs for {name} not written: {e}")
         else:
             kept = sum(c is not None for c in winners.values())
             written.append((path, kept, len(winners) - kept))

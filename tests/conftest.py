@@ -1,7 +1,10 @@
 import os
+from pathlib import Path
 
 import pytest
 import torch
+
+REPO = Path(__file__).resolve().parents[1]
 
 # The kernels run under the Triton interpreter on a machine without a GPU. triton.jit reads the variable when it
 # decorates a kernel, so it is set here, before any test module imports `kernels`.
@@ -29,3 +32,13 @@ def poison_new_buffers():
     torch.utils.deterministic.fill_uninitialized_memory = old_fill
 
 pytest_plugins = ["pytester"]
+
+
+@pytest.fixture
+def env(pytester, monkeypatch):
+    """pytester whose runs import this checkout (in-process and in subprocesses) and interpret the kernels on a CPU."""
+    monkeypatch.setenv("PYTHONPATH", str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    if not torch.cuda.is_available():  # subprocess runs must interpret the kernels too
+        monkeypatch.setenv("TRITON_INTERPRET", "1")
+    monkeypatch.delenv("FAKE_FACTOR", raising=False)
+    return pytester

@@ -78,15 +78,6 @@ timing: {samples: 20, warmup: 1, invocations: 2}
 """
 
 
-@pytest.fixture
-def env(pytester, monkeypatch):
-    monkeypatch.setenv("PYTHONPATH", str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    if not torch.cuda.is_available():  # subprocess runs must interpret the kernels too
-        monkeypatch.setenv("TRITON_INTERPRET", "1")
-    monkeypatch.delenv("FAKE_FACTOR", raising=False)
-    return pytester
-
-
 def baseline_file(pytester, scenario="small"):
     return pytester.path / "baselines" / "FAKE_GPU" / f"{scenario}.json"
 
@@ -676,4 +667,5 @@ def test_tuning_can_time_a_seeded_draw_of_a_large_space(configs, env):
     assert (tuned["candidates"], tuned["space"]) == (2, space)
     result.stdout.fnmatch_lines([f"*fused_experts[[]customized-bf16-M3[]]*2 of {space} *"])
     refused = env.runpytest("--moeperf", "gemm.yaml", "--moeperf-tune", "--moeperf-tune-max-configs", "0")
-    refused.stderr.fnmatch_lines(["*--moeperf-tune-max-configs must be at least 1, got 0*"])
+    refused.stderr.fnmatch_lines(["*argument --moeperf-tune-max-configs: must be >= 1, got 0*"])
+    assert refused.ret == pytest.ExitCode.USAGE_ERROR
