@@ -2,7 +2,8 @@
 
 Used by benchmarks/gate_experiment.py: a clean rerun against the baselines (A/A) measures the false alarms; a rerun
 with --moeperf-inject-slowdown (A/B) measures the detection power, per injected size and kernel duration. Runs are
-lists of result dicts; clean_runs[i] and each injected_runs[f][i] come from the same round.
+lists of results as the JSON report holds them (committed reports of 2026-11 included: their outcome is read by
+result.Outcome.of); clean_runs[i] and each injected_runs[f][i] come from the same round.
 """
 from __future__ import annotations
 
@@ -10,14 +11,15 @@ import statistics
 from collections.abc import Callable
 
 from pytest_moeperf import verdict
+from pytest_moeperf.result import Outcome
+from pytest_moeperf.verdict import Kind
 
 LONG_KERNEL_US = 10.0  # SPEC 5 states the detection figures for kernels of at least this long
 
 
 def flagged(result: dict) -> bool:
     """Whether the gate failed this timing test (a counted regression: not advisory, not excused)."""
-    v = result["verdict"]
-    return v.startswith("regression") and "not counted" not in v and "advisory" not in v
+    return Outcome.of(result).counted
 
 
 def duration_class(result: dict) -> str:
@@ -44,7 +46,7 @@ def false_alarms(clean_runs: list[list[dict]]) -> list[dict]:
     for i, results in enumerate(clean_runs):
         judged = _judged(results)
         rows.append({"run": i + 1, "tests": len(judged), "flagged": sum(map(flagged, judged)),
-                     "excused": sum("not counted" in r["verdict"] for r in judged),
+                     "excused": sum(bool(Outcome.of(r).excuses) for r in judged),
                      "rate": sum(map(flagged, judged)) / len(judged) if judged else None})
     return rows
 
@@ -106,7 +108,7 @@ def rejudged(result: dict, base_entry: dict | None, threshold: float, floor_us: 
     only: the confirming re-measurement is not in the report, so this can only over-count alarms)."""
     if not base_entry:
         return False
-    return verdict.judge(result["samples_us"], base_entry["samples_us"], threshold, floor_us).kind == "regression"
+    return verdict.judge(result["samples_us"], base_entry["samples_us"], threshold, floor_us).kind is Kind.REGRESSION
 
 
 def sweep(clean_runs: list[list[dict]], injected_runs: dict[float, list[list[dict]]],

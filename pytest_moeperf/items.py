@@ -11,8 +11,9 @@ import statistics
 import pytest
 
 from pytest_moeperf import experts, health, problem, reference_experts, verdict
+from pytest_moeperf.verdict import Kind
 from pytest_moeperf.impls import load_kernels
-from pytest_moeperf.report import junit_properties
+from pytest_moeperf.result import TimingResult, decide
 from pytest_moeperf.run_state import RUN_KEY
 
 
@@ -115,47 +116,39 @@ class TimingItem(_Item):
         m, v, confirmed, injected = self._measure_and_judge(timer, make_calls(reuse_first=True), make_calls, base,
                                                             threshold, first.hidden.device)
 
-        outcome, gpu_health = v.kind, None
-        if run.update_baselines:
-            outcome = f"{v.kind}, recorded"
-        elif v.kind == "regression" and m.mode == "eager" and not run.gate_eager:
-            outcome = "regression (eager: advisory)"
-        elif v.kind == "regression":
+        gpu_health, excuses = None, []
+        if v.kind is Kind.REGRESSION and not run.update_baselines and not (m.mode == "eager" and not run.gate_eager):
             gpu_health = timer.health()
             excuses = health.problems(gpu_health)
             if m.spread > UNSTABLE_SPREAD:
                 excuses.append(f"timing unstable, IQR {100 * m.spread:.0f}% of the median after {TRIES} tries")
-            if excuses:
-                outcome = f"regression (not counted: {'; '.join(excuses)})"
+        outcome = decide(v.kind, recording=run.update_baselines, eager=m.mode == "eager", gate_eager=run.gate_eager,
+                         excuses=excuses, injected=injected and injected["fraction"])
         gbps = payload / m.median / 1e3
-        result = {
-            "scenario": self.scenario.name, "file": str(self.scenario.path), "key": self.key, "nodeid": self.nodeid,
-            "op": self.op, "impl": self.impl.name, "dtype": self.dtype, "M": self.M, "gpu": run.gpu_slug,
-            "gpu_uuid": timer.gpu_uuid(), "worker_gpu": run.pinned_gpu, "median_us": m.median, "iqr_us": m.iqr,
-            "min_us": m.min, "samples_us": m.samples_us, "samples_kept": len(m.samples_us), "mode": m.mode,
-            "note": m.note, "invocations": m.invocations, "input_sets": m.input_sets, "l2": self.scenario.timing.l2,
-            "routing": self.scenario.routing.label(), "bytes": payload, "extra_bytes": extra, "gbps": gbps,
-            "ceiling_gbps": ceiling, "ceiling_pct": 100 * gbps / ceiling, "threshold": threshold,
-            "verdict": outcome + (f" (injected +{injected['fraction']:.0%})" if injected else ""),
-            "verdict_detail": v.describe(), "confirmed": confirmed, "injected": injected, "health": gpu_health,
-            "baseline_median_us": base and base["median_us"],
-            "change_pct": None if v.ratio is None else 100 * (v.ratio - 1),
-        }
+        result = TimingResult(
+            scenario=self.scenario.name, file=str(self.scenario.path), key=self.key, nodeid=self.nodeid, op=self.op,
+            impl=self.impl.name, dtype=self.dtype, M=self.M, gpu=run.gpu_slug, gpu_uuid=timer.gpu_uuid(),
+            worker_gpu=run.pinned_gpu, median_us=m.median, iqr_us=m.iqr, min_us=m.min, samples_us=m.samples_us,
+            mode=m.mode, note=m.note, invocations=m.invocations, input_sets=m.input_sets, l2=self.scenario.timing.l2,
+            routing=self.scenario.routing.label(), bytes=payload, extra_bytes=extra, gbps=gbps, ceiling_gbps=ceiling,
+            ceiling_pct=100 * gbps / ceiling, threshold=threshold, outcome=outcome, verdict_detail=v.describe(),
+            confirmed=confirmed, injected=injected, health=gpu_health, baseline_median_us=base and base["median_us"],
+            change_pct=None if v.ratio is None else 100 * (v.ratio - 1))
         if self.op == "fused_experts":  # compute-bound at large batches: also against a matmul ceiling
             tflops = experts.flops(first) / m.median / 1e6
             mm = timer.matmul_ceiling_tflops(first.hidden.device, "fp8" if self.dtype == "fp8_w8a8" else "bf16")
-            result.update(tflops=tflops, matmul_ceiling_tflops=mm, matmul_pct=100 * tflops / mm, relative_error=error,
-                          tolerance=reference_experts.TOLERANCE[self.dtype])
+            result = dataclasses.replace(result, tflops=tflops, matmul_ceiling_tflops=mm, matmul_pct=100 * tflops / mm,
+                                         relative_error=error, tolerance=reference_experts.TOLERANCE[self.dtype])
         if self.dtype == "int8_w8a16" and self.op != "fused_experts":
-            result["note"] = " ".join(filter(None, [m.note, "int8_w8a16 moves 16-bit activations: it matches bf16 "
-                                                             "by construction"]))
-        self.user_properties.append(("moeperf", json.dumps(result)))
-        self.user_properties.extend(junit_properties(result))
-        if outcome == "regression":
+            result.note = " ".join(filter(None, [m.note, "int8_w8a16 moves 16-bit activations: it matches bf16 by "
+                                                         "construction"]))
+        self.user_properties.append(("moeperf", json.dumps(result.to_json())))
+        self.user_properties.extend(result.junit_properties())
+        if outcome.counted:
             what = f" (an injected slowdown of {injected['fraction']:.0%})" if injected else ""
             pytest.fail(f"{self.key}: slower than the {run.gpu_slug} baseline{what}, confirmed by a second "
                         f"measurement: {v.describe()}", pytrace=False)
-        if outcome == "new" and run.strict:
+        if outcome.kind is Kind.NEW and not outcome.recorded and run.strict:
             pytest.fail(f"{self.key}: no baseline for {run.gpu_slug} in {run.baseline_path(self.scenario)} "
                         f"(--moeperf-strict); record one with --update-baselines", pytrace=False)
 
@@ -180,11 +173,11 @@ class TimingItem(_Item):
                 injected["fraction"] = fraction
             m = self._steady_measure(timer, slow(calls))
             v = verdict.judge(m.samples_us, baseline_samples, threshold, floor)
-            if v.kind != "regression":
+            if v.kind is not Kind.REGRESSION:
                 return m, v, None, injected
             m2 = self._steady_measure(timer, slow(make_calls()))
             v2 = verdict.judge(m2.samples_us, baseline_samples, threshold, floor)
-        if v2.kind == "regression":
+        if v2.kind is Kind.REGRESSION:
             return m, v, True, injected
         return m2, v2, False, injected
 

@@ -9,6 +9,9 @@ from pathlib import Path
 
 from tabulate import tabulate
 
+from pytest_moeperf.result import TimingResult
+from pytest_moeperf.verdict import Kind
+
 COLUMNS = ("scenario", "op", "impl", "dtype", "M", "median us", "baseline us", "change %", "GB/s", "% ceiling",
            "verdict")
 
@@ -17,16 +20,24 @@ def _fmt(v, spec):
     return "-" if v is None else format(v, spec)
 
 
-def sort_worst_first(results: list[dict]) -> list[dict]:
-    order = {"regression": 0, "regression (eager: advisory)": 1, "new": 3}
-    return sorted(results, key=lambda r: (order.get(r["verdict"], 2), -(r.get("change_pct") or -1e9),
-                                          r["scenario"], r["op"], r["impl"], r["dtype"], r["M"]))
+def _rank(r: TimingResult) -> int:
+    """Counted regressions first, then regressions not counted, passes and improvements, new tests last."""
+    if r.outcome.counted:
+        return 0
+    if r.outcome.uncounted_regression:
+        return 1
+    return 3 if r.outcome.kind is Kind.NEW else 2
 
 
-def table(results: list[dict]) -> str:
-    rows = [[r["scenario"], r["op"], r["impl"], r["dtype"], r["M"], _fmt(r["median_us"], ".2f"),
-             _fmt(r.get("baseline_median_us"), ".2f"), _fmt(r.get("change_pct"), "+.1f"), _fmt(r.get("gbps"), ".0f"),
-             _fmt(r.get("ceiling_pct"), ".0f"), r["verdict"] + (" (eager)" if r.get("mode") == "eager" else "")]
+def sort_worst_first(results: list[TimingResult]) -> list[TimingResult]:
+    return sorted(results, key=lambda r: (_rank(r), -(r.change_pct if r.change_pct is not None else -1e9),
+                                          r.scenario, r.op, r.impl, r.dtype, r.M))
+
+
+def table(results: list[TimingResult]) -> str:
+    rows = [[r.scenario, r.op, r.impl, r.dtype, r.M, _fmt(r.median_us, ".2f"), _fmt(r.baseline_median_us, ".2f"),
+             _fmt(r.change_pct, "+.1f"), _fmt(r.gbps, ".0f"), _fmt(r.ceiling_pct, ".0f"),
+             r.verdict + (" (eager)" if r.mode == "eager" else "")]
             for r in sort_worst_first(results)]
     return tabulate(rows, headers=COLUMNS, disable_numparse=True)
 
@@ -50,25 +61,19 @@ def tuning_table(tuned: list[dict], tablefmt: str = "simple") -> str:
                                    "written"], disable_numparse=True, tablefmt=tablefmt)
 
 
-def junit_properties(result: dict) -> list[tuple[str, object]]:
-    keys = ("median_us", "iqr_us", "min_us", "gbps", "ceiling_pct", "tflops", "matmul_pct", "relative_error",
-            "baseline_median_us", "change_pct", "verdict", "mode", "gpu")
-    return [(f"moeperf_{k}", result[k]) for k in keys if result.get(k) is not None]
-
-
-def write_json(path: str | Path, results: list[dict], environments: dict, tuned: list[dict] = ()) -> None:
-    data = {"environments": environments, "results": sort_worst_first(results)}
+def write_json(path: str | Path, results: list[TimingResult], environments: dict, tuned: list[dict] = ()) -> None:
+    data = {"environments": environments, "results": [r.to_json() for r in sort_worst_first(results)]}
     if tuned:
         data["tuned"] = sorted(tuned, key=lambda r: (r["scenario"], r["key"]))
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     Path(path).write_text(json.dumps(data, indent=1, sort_keys=True) + "\n")
 
 
-def markdown(results: list[dict], environments: dict, tuned: list[dict] = (), notes: list[str] = ()) -> str:
+def markdown(results: list[TimingResult], environments: dict, tuned: list[dict] = (), notes: list[str] = ()) -> str:
     """A summary for people: counts, the environment, regressions first, then one table per scenario; the tuning
     table of a --moeperf-tune run."""
     now = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    counts = Counter(r["verdict"] for r in results)
+    counts = Counter(r.verdict for r in results)
     lines = [f"## pytest-moeperf {'tuning' if tuned and not results else 'timing'} ({now})", ""]
     for slug, e in sorted(environments.items()):
         lines.append(f"- GPU `{slug}`: {e.get('device', '?')}, {e.get('sm_count', '?')} SMs, driver "
@@ -88,24 +93,23 @@ def markdown(results: list[dict], environments: dict, tuned: list[dict] = (), no
               "% matmul | rel. error | verdict |")
     rule = "|" + "---|" * 14
 
-    def row(r):
-        return (f"| {r['scenario']} | {r['op']} | {r['impl']} | {r['dtype']} | {r['M']} | {_fmt(r['median_us'], '.2f')}"
-                f" | {_fmt(r.get('baseline_median_us'), '.2f')} | {_fmt(r.get('change_pct'), '+.1f')} | "
-                f"{_fmt(r.get('gbps'), '.0f')} | {_fmt(r.get('ceiling_pct'), '.0f')} | "
-                f"{_fmt(r.get('tflops'), '.1f')} | {_fmt(r.get('matmul_pct'), '.0f')} | "
-                f"{_fmt(r.get('relative_error'), '.1e')} | {r['verdict']} |")
+    def row(r: TimingResult):
+        return (f"| {r.scenario} | {r.op} | {r.impl} | {r.dtype} | {r.M} | {_fmt(r.median_us, '.2f')}"
+                f" | {_fmt(r.baseline_median_us, '.2f')} | {_fmt(r.change_pct, '+.1f')} | "
+                f"{_fmt(r.gbps, '.0f')} | {_fmt(r.ceiling_pct, '.0f')} | "
+                f"{_fmt(r.tflops, '.1f')} | {_fmt(r.matmul_pct, '.0f')} | "
+                f"{_fmt(r.relative_error, '.1e')} | {r.verdict} |")
 
-    bad = [r for r in sort_worst_first(results) if r["verdict"] == "regression"]
+    bad = [r for r in sort_worst_first(results) if r.outcome.counted]
     if bad:
         lines += ["### Regressions", "", header, rule] + [row(r) for r in bad] + [""]
-    for scenario in sorted({r["scenario"] for r in results}):
-        mine = sorted((r for r in results if r["scenario"] == scenario),
-                      key=lambda r: (r["op"], r["impl"], r["dtype"], r["M"]))
+    for scenario in sorted({r.scenario for r in results}):
+        mine = sorted((r for r in results if r.scenario == scenario), key=lambda r: (r.op, r.impl, r.dtype, r.M))
         lines += [f"### {scenario}", "", header, rule] + [row(r) for r in mine] + [""]
     return "\n".join(lines)
 
 
-def write_markdown(path: str | Path | None, results: list[dict], environments: dict, tuned: list[dict] = (),
+def write_markdown(path: str | Path | None, results: list[TimingResult], environments: dict, tuned: list[dict] = (),
                    notes: list[str] = ()) -> None:
     """Write the summary to `path` and append it to $GITHUB_STEP_SUMMARY when that is set."""
     text = markdown(results, environments, tuned, notes)

@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from pytest_moeperf import baselines, experts, options, report, timing, verdict
+from pytest_moeperf.result import TimingResult
 
 RUN_KEY = pytest.StashKey()
 
@@ -63,7 +64,7 @@ class MoePerfRun:
         self._baselines: dict[str, dict] = {}
         self._baseline_envs: dict[str, dict] = {}  # scenario -> environment its baseline file was recorded in
         self.baseline_notes: list[str] = []  # how those environments differ from this run's (not failures)
-        self.results: list[dict] = []
+        self.results: list[TimingResult] = []
         self.environments: dict[str, dict] = {}
         self.written: list[tuple[Path, int]] = []
         self.skipped: dict[str, int] = {}  # "correctness" / "timing" / "tuning" -> tests skipped
@@ -122,7 +123,7 @@ class MoePerfRun:
 
     def _compare_environments(self, current: dict) -> list[str]:
         """One line per distinct difference between the baselines this run was judged against and this run."""
-        timed = sorted({r["scenario"] for r in self.results})
+        timed = sorted({r.scenario for r in self.results})
         by_difference: dict[str, list[str]] = {}
         for name in timed:
             recorded = self._baseline_envs.get(name)
@@ -153,10 +154,10 @@ class MoePerfRun:
             self.skipped[kind] = self.skipped.get(kind, 0) + 1
         for name, value in report.user_properties:
             if name == "moeperf":
-                result = json.loads(value)
+                result = TimingResult.from_json(json.loads(value))
                 self.results.append(result)
-                if result["gpu"] not in self.environments and result.get("gpu"):
-                    self.environments[result["gpu"]] = {}
+                if result.gpu and result.gpu not in self.environments:
+                    self.environments[result.gpu] = {}
             elif name == "moeperf_tune":
                 self.tuned.append(json.loads(value))
                 if not is_worker(self.config):
@@ -218,9 +219,7 @@ class MoePerfRun:
     def _write_baselines(self) -> list[str]:
         by_file: dict[tuple[str, str], dict] = {}
         for r in self.results:
-            by_file.setdefault((r["gpu"], r["scenario"]), {})[r["key"]] = {
-                k: r[k] for k in ("median_us", "iqr_us", "min_us", "samples_us", "gbps", "ceiling_pct", "mode",
-                                  "l2", "routing", "input_sets", "invocations")}
+            by_file.setdefault((r.gpu, r.scenario), {})[r.key] = r.baseline_entry()
         errors = []
         for (gpu, scenario), entries in sorted(by_file.items()):
             environment = dict(self.environments.get(gpu, {}), sources=self.sources(scenario))
@@ -239,7 +238,7 @@ class MoePerfRun:
         tr = terminalreporter
         if self.results:
             tr.section("pytest-moeperf timing")
-            ceilings = sorted({round(r["ceiling_gbps"]) for r in self.results if r.get("ceiling_gbps")})
+            ceilings = sorted({round(r.ceiling_gbps) for r in self.results if r.ceiling_gbps})
             tr.write_line(f"GPU {self.gpu_slug or '?'}; worst first; GB/s counts M*H*b*(1+k) bytes "
                           f"(local routes only under expert parallelism); % ceiling is of "
                           f"{'/'.join(map(str, ceilings)) or '?'} GB/s: {timing.CEILING_METHOD}")

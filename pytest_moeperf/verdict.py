@@ -13,6 +13,7 @@ Faster beyond the same band (and significant) is "improved"; anything else is "p
 from __future__ import annotations
 
 import dataclasses
+import enum
 import math
 import statistics
 
@@ -26,17 +27,24 @@ DEFAULT_THRESHOLD = 0.02
 DEFAULT_NOISE_FLOOR_US = 0.4
 
 
+class Kind(str, enum.Enum):
+    REGRESSION = "regression"
+    IMPROVED = "improved"
+    PASS = "pass"
+    NEW = "new"
+
+
 @dataclasses.dataclass
 class Verdict:
-    kind: str  # "regression", "improved", "pass", "new"
+    kind: Kind
     ratio: float | None = None  # new median / baseline median
     band: float | None = None  # the slowdown allowed: max(threshold, noise band)
     p_value: float | None = None
 
     def describe(self) -> str:
         if self.ratio is None:
-            return self.kind
-        return (f"{self.kind}: median {100 * (self.ratio - 1):+.1f}% vs baseline (allowed +/-{100 * self.band:.1f}%, "
+            return self.kind.value
+        return (f"{self.kind.value}: median {100 * (self.ratio - 1):+.1f}% vs baseline (allowed +/-{100 * self.band:.1f}%, "
                 f"Mann-Whitney p={self.p_value:.2g})")
 
 
@@ -73,14 +81,14 @@ def mann_whitney_greater(a: list[float], b: list[float]) -> float:
 
 def judge(samples: list[float], baseline: list[float] | None, threshold: float, floor_us: float = 0.0) -> Verdict:
     if not baseline:
-        return Verdict("new")
+        return Verdict(Kind.NEW)
     base_median = statistics.median(baseline)
     ratio = statistics.median(samples) / base_median
     band = max(threshold, relative_iqr(samples), relative_iqr(baseline), floor_us / base_median)
     if ratio > 1 + band:
         p = mann_whitney_greater(samples, baseline)
-        return Verdict("regression" if p < P_VALUE else "pass", ratio, band, p)
+        return Verdict(Kind.REGRESSION if p < P_VALUE else Kind.PASS, ratio, band, p)
     if ratio < 1 - band:
         p = mann_whitney_greater(baseline, samples)
-        return Verdict("improved" if p < P_VALUE else "pass", ratio, band, p)
-    return Verdict("pass", ratio, band, min(mann_whitney_greater(samples, baseline), 1.0))
+        return Verdict(Kind.IMPROVED if p < P_VALUE else Kind.PASS, ratio, band, p)
+    return Verdict(Kind.PASS, ratio, band, min(mann_whitney_greater(samples, baseline), 1.0))

@@ -146,3 +146,30 @@ def test_builtin_models_match_their_configs(tmp_path):
            "moe_intermediate_size": 2048, "torch_dtype": "bfloat16"}
     (tmp_path / "config.json").write_text(json.dumps(cfg))
     assert models.shape_from_config(tmp_path / "config.json") == models.BUILTIN["deepseek-ai/DeepSeek-V3"]
+
+
+def test_outcomes_are_typed_and_read_back_from_json_and_from_older_labels():
+    from pytest_moeperf.result import Outcome, decide
+    from pytest_moeperf.verdict import Kind
+
+    cases = [
+        (decide(Kind.REGRESSION, recording=False, eager=False, gate_eager=False, excuses=[], injected=None),
+         "regression", True),
+        (decide(Kind.REGRESSION, recording=False, eager=False, gate_eager=False, excuses=[], injected=0.05),
+         "regression (injected +5%)", True),
+        (decide(Kind.REGRESSION, recording=False, eager=True, gate_eager=False, excuses=[], injected=None),
+         "regression (eager: advisory)", False),
+        (decide(Kind.REGRESSION, recording=False, eager=True, gate_eager=True, excuses=[], injected=None),
+         "regression", True),
+        (decide(Kind.REGRESSION, recording=False, eager=False, gate_eager=False, excuses=["GPU throttled (x)"],
+                injected=None), "regression (not counted: GPU throttled (x))", False),
+        (decide(Kind.REGRESSION, recording=True, eager=False, gate_eager=False, excuses=[], injected=None),
+         "regression, recorded", False),
+        (decide(Kind.NEW, recording=False, eager=False, gate_eager=False, excuses=[], injected=None), "new", False),
+        (decide(Kind.IMPROVED, recording=True, eager=False, gate_eager=False, excuses=[], injected=None),
+         "improved, recorded", False),
+    ]
+    for outcome, label, counted in cases:
+        assert outcome.label() == label and outcome.counted is counted
+        assert Outcome.from_json(outcome.to_json()) == outcome
+        assert Outcome.of({"verdict": label}) == outcome  # a report written before outcomes were recorded

@@ -669,3 +669,23 @@ def test_tuning_can_time_a_seeded_draw_of_a_large_space(configs, env):
     refused = env.runpytest("--moeperf", "gemm.yaml", "--moeperf-tune", "--moeperf-tune-max-configs", "0")
     refused.stderr.fnmatch_lines(["*argument --moeperf-tune-max-configs: must be >= 1, got 0*"])
     assert refused.ret == pytest.ExitCode.USAGE_ERROR
+
+
+def test_injected_regressions_reach_the_markdown_regressions_section_and_the_plots(env):
+    # the bug of issue 17: the outcome was a string, "regression (injected +20%)", compared with == "regression"
+    from pytest_moeperf import plots
+    from pytest_moeperf.result import TimingResult
+
+    env.makefile(".yaml", small=SMALL)
+    env.makeconftest(FAKE_TIMER)
+    run_timed(env, "--update-baselines", "-k", "timing and permute").assert_outcomes(passed=6)
+    caught = run_timed(env, "-k", "timing and permute", "--moeperf-inject-slowdown", "0.2", "--moeperf-json", "o.json",
+                       "--moeperf-markdown", "o.md")
+    caught.assert_outcomes(failed=6)
+    summary = (env.path / "o.md").read_text()
+    regressions = summary.split("### Regressions", 1)[1].split("###", 1)[0]
+    assert regressions.count("regression (injected +20%)") == 6
+    results = [TimingResult.from_json(r) for r in json.loads((env.path / "o.json").read_text())["results"]]
+    assert all(r.outcome.counted and r.outcome.injected == 0.2 for r in results)
+    lines = plots.series(results)[("small", "permute")]
+    assert sum(len(line.regressions) for line in lines) == 6
