@@ -59,10 +59,12 @@ class Outcome:
             return cls.from_json(result["outcome"])
         label = result["verdict"]
         kind = Kind(label.split(" ", 1)[0].split(",", 1)[0])
-        excuses = (label.split("(not counted: ", 1)[1].split(")", 1)[0],) if "(not counted: " in label else ()
+        label, _, injected = label.partition(" (injected +")
+        excuses = ()
+        if "(not counted: " in label:  # "(not counted: a; b)", whose excuses may hold parentheses themselves
+            excuses = tuple(label.split("(not counted: ", 1)[1].removesuffix(")").split("; "))
         return cls(kind, recorded=", recorded" in label, advisory="(eager: advisory)" in label, excuses=excuses,
-                   injected=float(label.split("(injected +", 1)[1].split("%", 1)[0]) / 100
-                   if "(injected +" in label else None)
+                   injected=float(injected.split("%", 1)[0]) / 100 if injected else None)
 
 
 def decide(kind: Kind, *, recording: bool, eager: bool, gate_eager: bool, excuses: list[str],
