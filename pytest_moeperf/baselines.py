@@ -120,3 +120,52 @@ def update(path: Path, entries: dict[str, dict], environment: dict, scenario: st
             "entries": merged,
         }
         files.write_json_atomic(path, data)
+
+
+class BaselineStore:
+    """The baseline files of one GPU model under one folder: their paths, a cache of what was read, and the update
+    of the files a run recorded (SPEC 4)."""
+
+    def __init__(self, root: Path, gpu_slug: str | None):
+        self.root, self.gpu_slug = Path(root), gpu_slug
+        self._entries: dict[str, dict] = {}
+        self._environments: dict[str, dict] = {}
+
+    def path(self, scenario: str) -> Path:
+        return path_for(self.root, self.gpu_slug, scenario)
+
+    def _load(self, scenario: str) -> None:
+        self._entries[scenario], self._environments[scenario] = load_file(self.path(scenario))
+
+    def load_all(self, scenarios) -> None:
+        """Read these scenarios' files now: a corrupted one stops the run before any test (BaselineError)."""
+        for name in scenarios:
+            self._load(name)
+
+    def entry(self, scenario: str, key: str) -> dict | None:
+        if scenario not in self._entries:
+            self._load(scenario)
+        return self._entries[scenario].get(key)
+
+    def environment(self, scenario: str) -> dict:
+        """The environment the scenario's file was recorded in ({} when it was not read or has none)."""
+        return self._environments.get(scenario, {})
+
+    def write(self, results, environments: dict[str, dict], sources) -> tuple[list[tuple[Path, int]], list[str]]:
+        """Merge the results' baseline entries into their files (one per GPU and scenario), each with the environment
+        of its GPU and the digest `sources(scenario)` of the implementations it timed: ([(path, entries)], errors);
+        a file that cannot be written is an error, the others are written all the same."""
+        by_file: dict[tuple[str, str], dict] = {}
+        for r in results:
+            by_file.setdefault((r.gpu, r.scenario), {})[r.key] = r.baseline_entry()
+        written, errors = [], []
+        for (gpu, scenario), entries in sorted(by_file.items()):
+            environment = dict(environments.get(gpu, {}), sources=sources(scenario))
+            try:
+                path = path_for(self.root, gpu, scenario)
+                update(path, entries, environment, scenario)
+            except (BaselineError, OSError) as e:
+                errors.append(f"baselines of {scenario} ({len(entries)} entries) not written: {e}")
+            else:
+                written.append((path, len(entries)))
+        return written, errors

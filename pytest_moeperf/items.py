@@ -28,7 +28,7 @@ UNSTABLE_SPREAD = 0.2
 class ScenarioFile(pytest.File):
     def collect(self):
         run = self.config.stash[RUN_KEY]
-        for kind in ("correctness", "tuning" if run.tune else "timing"):
+        for kind in ("correctness", "tuning" if run.settings.tune else "timing"):
             yield Group.from_parent(self, name=kind, entry=run.entries[self.path.resolve()])
 
 
@@ -77,7 +77,7 @@ class _Item(pytest.Item):
 
 class CorrectnessItem(_Item):
     def runtest(self):
-        cap = self.run_state.cpu_max_batch
+        cap = self.run_state.settings.cpu_max_batch
         if self.run_state.device == "cpu" and self.M > cap:
             pytest.skip(f"M={self.M} is above --moeperf-cpu-max-batch={cap} for the Triton interpreter on the CPU; "
                         f"run on a GPU or raise the cap")
@@ -93,6 +93,7 @@ class CorrectnessItem(_Item):
 class TimingItem(_Item):
     def runtest(self):
         run, timer = self.run_state, self.run_state.timer
+        settings = run.settings
         if timer is None:
             pytest.skip("timing needs a CUDA GPU: run `pytest --moeperf <scenarios>` on a GPU machine (on the CPU "
                         "only the correctness tests run, under the Triton interpreter)")
@@ -111,19 +112,20 @@ class TimingItem(_Item):
             return [self.impl.prepare(self.op, p) for p in sets]
 
         ceiling = timer.ceiling_gbps(first.hidden.device)
-        threshold = self.scenario.threshold if run.threshold_override is None else run.threshold_override
+        threshold = self.scenario.threshold if settings.threshold_override is None else settings.threshold_override
         base = run.baseline_entry(self.scenario, self.key)
         m, v, confirmed, injected = self._measure_and_judge(timer, make_calls(reuse_first=True), make_calls, base,
                                                             threshold, first.hidden.device)
 
         gpu_health, excuses = None, []
-        if v.kind is Kind.REGRESSION and not run.update_baselines and not (m.mode == "eager" and not run.gate_eager):
+        advisory = m.mode == "eager" and not settings.gate_eager
+        if v.kind is Kind.REGRESSION and not settings.update_baselines and not advisory:
             gpu_health = timer.health()
             excuses = health.problems(gpu_health)
             if m.spread > UNSTABLE_SPREAD:
                 excuses.append(f"timing unstable, IQR {100 * m.spread:.0f}% of the median after {TRIES} tries")
-        outcome = decide(v.kind, recording=run.update_baselines, eager=m.mode == "eager", gate_eager=run.gate_eager,
-                         excuses=excuses, injected=injected and injected["fraction"])
+        outcome = decide(v.kind, recording=settings.update_baselines, eager=m.mode == "eager",
+                         gate_eager=settings.gate_eager, excuses=excuses, injected=injected and injected["fraction"])
         gbps = payload / m.median / 1e3
         result = TimingResult(
             scenario=self.scenario.name, file=str(self.scenario.path), key=self.key, nodeid=self.nodeid, op=self.op,
@@ -148,7 +150,7 @@ class TimingItem(_Item):
             what = f" (an injected slowdown of {injected['fraction']:.0%})" if injected else ""
             pytest.fail(f"{self.key}: slower than the {run.gpu_slug} baseline{what}, confirmed by a second "
                         f"measurement: {v.describe()}", pytrace=False)
-        if outcome.kind is Kind.NEW and not outcome.recorded and run.strict:
+        if outcome.kind is Kind.NEW and not outcome.recorded and settings.strict:
             pytest.fail(f"{self.key}: no baseline for {run.gpu_slug} in {run.baseline_path(self.scenario)} "
                         f"(--moeperf-strict); record one with --update-baselines", pytrace=False)
 
@@ -162,11 +164,11 @@ class TimingItem(_Item):
         baseline); the last value returned says what was added.
         """
         baseline_samples = base and base["samples_us"]
-        floor = self.run_state.noise_floor_us
+        floor = self.run_state.settings.noise_floor_us
         timing = self.scenario.timing
         injected, slow = None, (lambda calls: calls)
         with timer.lock():
-            fraction = self.run_state.inject_slowdown
+            fraction = self.run_state.settings.inject_slowdown
             if fraction:
                 ref_us = base["median_us"] if base else timer.measure(calls, timing).median
                 slow, injected = timer.slow_down(calls, fraction * ref_us, device, timing)
@@ -220,7 +222,7 @@ class TuneItem(_Item):
             pytest.skip(f"{self.impl.name} {self.op} reads {len(asked)} tuned configs per call, not one")
         lookup = asked.pop()
         space = whole = tuning.candidates(lookup)
-        cap = self.run_state.tune_max_configs
+        cap = self.run_state.settings.tune_max_configs
         if cap is not None and len(whole) > cap:  # the default, and a seeded draw of the rest
             space = whole[:1] + random.Random(self.key).sample(whole[1:], cap - 1)
         runnable, failed = self._compile(space, call, tuning)

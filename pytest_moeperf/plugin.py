@@ -6,7 +6,7 @@ import os
 import pytest
 import torch
 
-from pytest_moeperf import options, verdict
+from pytest_moeperf import settings, verdict
 from pytest_moeperf.run_state import RUN_KEY, MoePerfRun, gpu_uuids, is_worker, visible_gpus
 
 INI = (
@@ -34,19 +34,19 @@ def pytest_addoption(parser):
     group.addoption("--moeperf-gate-eager", action="store_true", default=False,
                     help="let eager-timed results (calls that cannot be captured in a CUDA graph) fail on a "
                          "regression; by default their verdict is advisory, host noise dominates them")
-    group.addoption("--moeperf-threshold", type=options.THRESHOLD, default=None, metavar="FRACTION",
+    group.addoption("--moeperf-threshold", type=settings.THRESHOLD, default=None, metavar="FRACTION",
                     help="allowed slowdown for every scenario, overriding theirs")
-    group.addoption("--moeperf-noise-floor-us", type=options.NOISE_FLOOR_US, default=None, metavar="US",
+    group.addoption("--moeperf-noise-floor-us", type=settings.NOISE_FLOOR_US, default=None, metavar="US",
                     help="smallest slowdown in microseconds that can fail a timing test (default "
                          f"{verdict.DEFAULT_NOISE_FLOOR_US:g})")
     group.addoption("--moeperf-baselines", default=None, metavar="DIR", help="folder of baseline files")
-    group.addoption("--moeperf-inject-slowdown", type=options.INJECT_SLOWDOWN, default=None, metavar="FRACTION",
+    group.addoption("--moeperf-inject-slowdown", type=settings.INJECT_SLOWDOWN, default=None, metavar="FRACTION",
                     help="PROVING THE GATE ONLY: make every timed call slower by this fraction of its baseline "
                          "median (an extra device copy after each call); results are labelled 'injected'")
     group.addoption("--moeperf-tune", action="store_true", default=False,
                     help="instead of timing against baselines, time every launch config of the search space per "
                          "(op, dtype, batch size) and write the fastest to kernels/configs/ (GPU only)")
-    group.addoption("--moeperf-tune-max-configs", type=options.TUNE_MAX_CONFIGS, default=None, metavar="N",
+    group.addoption("--moeperf-tune-max-configs", type=settings.TUNE_MAX_CONFIGS, default=None, metavar="N",
                     help="with --moeperf-tune: time the default and N-1 other configs drawn (seeded by the test) from "
                          "the search space, instead of all of it; for sweeps too large for the time at hand")
     group.addoption("--moeperf-json", default=None, metavar="PATH", help="write results and environment as JSON")
@@ -54,7 +54,7 @@ def pytest_addoption(parser):
                     help="write a markdown summary (also appended to $GITHUB_STEP_SUMMARY when set)")
     group.addoption("--moeperf-plot", default=None, metavar="DIR",
                     help="write one PNG per scenario and op: latency against batch size (needs matplotlib)")
-    group.addoption("--moeperf-cpu-max-batch", type=options.CPU_MAX_BATCH, default=None, metavar="M",
+    group.addoption("--moeperf-cpu-max-batch", type=settings.CPU_MAX_BATCH, default=None, metavar="M",
                     help="largest batch size checked on the CPU under the Triton interpreter (default 64)")
     for name, text in INI:
         parser.addini(name, text, default="")
@@ -71,6 +71,10 @@ def pytest_configure(config):
     run = MoePerfRun.load(config, paths, device, pinned)
     config.stash[RUN_KEY] = run
     config.pluginmanager.register(run, "moeperf-run")
+    if not is_worker(config):  # the controller (or the only process) gathers results and writes everything
+        from pytest_moeperf.reporting import Reporter
+
+        config.pluginmanager.register(Reporter(run), "moeperf-reporter")
     files = [str(s.path) for s, _ in run.entries.values()]
     if config.args_source != pytest.Config.ArgsSource.ARGS:
         config.args[:] = files

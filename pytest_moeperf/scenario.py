@@ -288,7 +288,8 @@ def _impls(r: _Reader, node) -> tuple[ImplSpec, ...]:
             spec = ImplSpec(r.string(given["name"], "impls[].name"), r.string(given["path"], "impls[].path"),
                             item.start_mark.line + 1)
             if ":" not in spec.path:
-                raise r.error(given["path"], "impls[].path", f"{_quote(spec.path)} must look like 'package.module:function'")
+                raise r.error(given["path"], "impls[].path",
+                              f"{_quote(spec.path)} must look like 'package.module:function'")
         else:
             text = r.string(item, "impls")
             if ":" in text:

@@ -44,7 +44,8 @@ class Verdict:
     def describe(self) -> str:
         if self.ratio is None:
             return self.kind.value
-        return (f"{self.kind.value}: median {100 * (self.ratio - 1):+.1f}% vs baseline (allowed +/-{100 * self.band:.1f}%, "
+        return (f"{self.kind.value}: median {100 * (self.ratio - 1):+.1f}% vs baseline "
+                f"(allowed +/-{100 * self.band:.1f}%, "
                 f"Mann-Whitney p={self.p_value:.2g})")
 
 

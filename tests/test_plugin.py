@@ -55,7 +55,9 @@ class FakeTimer:
     def matmul_ceiling_tflops(self, device, kind):
         return 500.0
     def environment(self):
-        return dict({"device": "fake"}, **json.loads(os.environ.get("FAKE_ENV", "{}")))
+        where = {"measured_in": os.environ.get("PYTEST_XDIST_WORKER", "controller")} \
+            if os.environ.get("FAKE_ENV_WHERE") else {}
+        return dict({"device": "fake"}, **where, **json.loads(os.environ.get("FAKE_ENV", "{}")))
     def gpu_uuid(self):
         return "GPU-fake"
     @contextlib.contextmanager
@@ -311,6 +313,21 @@ def test_xdist_workers_send_results_to_the_controller_which_writes_once(env):
     result.stdout.fnmatch_lines(["*wrote 10 baseline entries*"])
     again = env.runpytest_subprocess("--moeperf", "small.yaml", "-n", "2", "-k", "timing")
     again.assert_outcomes(passed=10)
+
+
+def test_the_environment_recorded_under_xdist_is_a_workers_not_the_controllers(env, monkeypatch):
+    env.makefile(".yaml", small=SMALL)
+    env.makeconftest(FAKE_TIMER)
+    monkeypatch.setenv("FAKE_ENV_WHERE", "1")
+    result = env.runpytest_subprocess("--moeperf", "small.yaml", "-n", "2", "--update-baselines", "-k",
+                                      "timing and M1", "--moeperf-json", "out.json")
+    result.assert_outcomes(passed=5)
+    recorded = json.loads(baseline_file(env).read_text())["environment"]
+    assert recorded["measured_in"] in ("gw0", "gw1")
+    assert json.loads((env.path / "out.json").read_text())["environments"]["FAKE_GPU"]["measured_in"] in ("gw0", "gw1")
+    alone = env.runpytest_subprocess("--moeperf", "small.yaml", "--update-baselines", "-k", "timing and M1")
+    alone.assert_outcomes(passed=5)
+    assert json.loads(baseline_file(env).read_text())["environment"]["measured_in"] == "controller"
 
 
 def test_torch_reference_is_timed_only_when_named(env):
