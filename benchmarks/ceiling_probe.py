@@ -18,7 +18,7 @@ import triton
 import triton.language as tl
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from pytest_moeperf import timing  # noqa: E402
+from pytest_moeperf.measure import timing  # noqa: E402
 
 
 @triton.jit

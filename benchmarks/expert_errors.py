@@ -20,8 +20,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import kernels  # noqa: E402
-from pytest_moeperf import experts, reference_experts, timing  # noqa: E402
-from pytest_moeperf.scenario import Timing  # noqa: E402
+from pytest_moeperf.inputs import experts
+from pytest_moeperf.measure import timing
+from pytest_moeperf.oracle import reference_experts  # noqa: E402
+from pytest_moeperf.spec.scenario import Timing  # noqa: E402
 
 # name: (E, k, H, N, weight scheme (None: 16-bit), activation dtype, fused_experts keywords)
 CASES = {

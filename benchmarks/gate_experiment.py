@@ -29,7 +29,8 @@ from tabulate import tabulate
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-from pytest_moeperf import baselines, gate_stats  # noqa: E402
+from benchmarks import gate_stats
+from pytest_moeperf.store import baselines  # noqa: E402
 
 DEFAULT_SCENARIOS = ("scenarios/mixtral.yaml", "scenarios/deepseek-v3.yaml")
 

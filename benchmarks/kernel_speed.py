@@ -5,7 +5,7 @@ timer with warm and cold L2, with kernel launches per call counted by the PyTorc
         [--l2 warm,cold] [--impls customized,customized_scratch,standard,torch] [--ops ...] [--dtypes ...]
         [--markdown F] [--json F] [--compare-default] [--batch-sizes scenario]
 
-GPU only. Per row: median us, GB/s (SPEC 3 payload bytes over the median), % of the device-copy ceiling measured in
+GPU only. Per row: median us, GB/s (contract section 3 payload bytes over the median), % of the device-copy ceiling measured in
 the same process, launches per call (kernels, memsets and copies the profiler saw during one eager call) and
 their summed duration ("kernel us": the median minus it is launch overhead and gaps).
 Correctness is checked against the torch reference before a row is timed; a failing row is reported, not timed.
@@ -29,7 +29,10 @@ from tabulate import tabulate
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from kernels import tuning  # noqa: E402
-from pytest_moeperf import impls, problem, scenario, timing  # noqa: E402
+from pytest_moeperf.inputs import problem
+from pytest_moeperf.measure import timing
+from pytest_moeperf.oracle import impls
+from pytest_moeperf.spec import scenario  # noqa: E402
 
 DEFAULT_SCENARIOS = ("scenarios/mixtral.yaml", "scenarios/deepseek-v3.yaml")
 DEFAULT_BATCHES = (1, 8, 64, 256, 1024, 4096, 16384)

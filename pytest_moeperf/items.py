@@ -10,10 +10,13 @@ import statistics
 
 import pytest
 
-from pytest_moeperf import experts, health, problem, reference_experts, verdict
-from pytest_moeperf.verdict import Kind
-from pytest_moeperf.impls import load_kernels
-from pytest_moeperf.result import TimingResult, decide
+from pytest_moeperf.gate import verdict
+from pytest_moeperf.inputs import experts, problem
+from pytest_moeperf.measure import health
+from pytest_moeperf.oracle import reference_experts
+from pytest_moeperf.gate.verdict import Kind
+from pytest_moeperf.oracle.impls import load_kernels
+from pytest_moeperf.gate.result import TimingResult, decide
 from pytest_moeperf.run_state import RUN_KEY
 
 

@@ -6,14 +6,14 @@ import os
 import pytest
 import torch
 
-from pytest_moeperf import settings, verdict
+from pytest_moeperf.spec import settings
 from pytest_moeperf.run_state import RUN_KEY, MoePerfRun, gpu_uuids, is_worker, visible_gpus
 
 INI = (
     ("moeperf_baselines", "folder of baseline files (default: baselines/ under the rootdir)"),
     ("moeperf_threshold", "allowed slowdown for every scenario, overriding theirs (e.g. 0.05)"),
     ("moeperf_noise_floor_us", "smallest slowdown in microseconds that can fail a test (default "
-                               f"{verdict.DEFAULT_NOISE_FLOOR_US:g})"),
+                               f"{settings.DEFAULT_NOISE_FLOOR_US:g})"),
     ("moeperf_strict", "true: a timing test without a baseline for this GPU fails"),
     ("moeperf_cpu_max_batch", "largest batch size checked under the Triton interpreter on the CPU (default 64)"),
     ("moeperf_json", "write every figure and the environment to this JSON file"),
@@ -38,7 +38,7 @@ def pytest_addoption(parser):
                     help="allowed slowdown for every scenario, overriding theirs")
     group.addoption("--moeperf-noise-floor-us", type=settings.NOISE_FLOOR_US, default=None, metavar="US",
                     help="smallest slowdown in microseconds that can fail a timing test (default "
-                         f"{verdict.DEFAULT_NOISE_FLOOR_US:g})")
+                         f"{settings.DEFAULT_NOISE_FLOOR_US:g})")
     group.addoption("--moeperf-baselines", default=None, metavar="DIR", help="folder of baseline files")
     group.addoption("--moeperf-inject-slowdown", type=settings.INJECT_SLOWDOWN, default=None, metavar="FRACTION",
                     help="PROVING THE GATE ONLY: make every timed call slower by this fraction of its baseline "

@@ -8,8 +8,11 @@ from pathlib import Path
 
 import pytest
 
-from pytest_moeperf import baselines, experts, report, timing
-from pytest_moeperf.result import TimingResult
+from pytest_moeperf.inputs import experts
+from pytest_moeperf.measure import timing
+from pytest_moeperf.report import summary
+from pytest_moeperf.store import baselines
+from pytest_moeperf.gate.result import TimingResult
 from pytest_moeperf.run_state import ENVIRONMENT_KEY, MoePerfRun
 
 
@@ -78,7 +81,7 @@ class Reporter:
 
     def _write_tuned(self, result: dict) -> None:
         """Each winner is written as soon as its test reports, so a tuning run that is stopped keeps what it found."""
-        from pytest_moeperf import tuned  # imports the kernels: only once they are known to be importable
+        from pytest_moeperf.store import tuned  # imports the kernels: only once they are known to be importable
 
         written, errors = tuned.write_all([result])
         for path, kept, default in written:
@@ -108,12 +111,12 @@ class Reporter:
 
         if self.settings.json_path:
             attempt(f"the JSON report {self.settings.json_path}",
-                    lambda: report.write_json(self.settings.json_path, self.results, self.environments, self.tuned))
+                    lambda: summary.write_json(self.settings.json_path, self.results, self.environments, self.tuned))
         attempt(f"the markdown summary {self.settings.markdown_path or '$GITHUB_STEP_SUMMARY'}",
-                lambda: report.write_markdown(self.settings.markdown_path, self.results, self.environments, self.tuned,
+                lambda: summary.write_markdown(self.settings.markdown_path, self.results, self.environments, self.tuned,
                                               self.baseline_notes))
         if self.settings.plot_dir and self.results:
-            from pytest_moeperf import plots
+            from pytest_moeperf.report import plots
 
             def write_plots():
                 self.plots = plots.write(self.settings.plot_dir, self.results)
@@ -139,7 +142,7 @@ class Reporter:
             tr.write_line(f"GPU {self.gpu_slug or '?'}; worst first; GB/s counts M*H*b*(1+k) bytes "
                           f"(local routes only under expert parallelism); % ceiling is of "
                           f"{'/'.join(map(str, ceilings)) or '?'} GB/s: {timing.CEILING_METHOD}")
-            for line in report.table(self.results).splitlines():
+            for line in summary.table(self.results).splitlines():
                 tr.write_line(line)
         for note in self.baseline_notes:
             tr.write_line(f"pytest-moeperf: {note}", yellow=True)
@@ -151,7 +154,7 @@ class Reporter:
             tr.write_line(f"pytest-moeperf: --update-baselines wrote nothing: {why}", yellow=True)
         if self.tuned:
             tr.section("pytest-moeperf tuning")
-            for line in report.tuning_table(self.tuned).splitlines():
+            for line in summary.tuning_table(self.tuned).splitlines():
                 tr.write_line(line)
         for path, (kept, default) in sorted(self.tuned_written.items()):
             tr.write_line(f"pytest-moeperf: wrote {kept} tuned configs to {path}"

@@ -12,8 +12,9 @@ import os
 import pytest
 import torch
 
-from pytest_moeperf import baselines, timing
-from pytest_moeperf.settings import Settings
+from pytest_moeperf.measure import timing
+from pytest_moeperf.store import baselines
+from pytest_moeperf.spec.settings import Settings
 
 RUN_KEY = pytest.StashKey()
 ENVIRONMENT_KEY = "moeperf_environment"  # workeroutput: {gpu slug: environment} of the GPU a worker timed on
@@ -37,7 +38,9 @@ class MoePerfRun:
     def load(cls, config, paths, device: str, pinned_gpu: str | None) -> "MoePerfRun":
         """Read and check the settings, every scenario and implementation up front; any problem is one usage
         error."""
-        from pytest_moeperf import impls, plots, scenario
+        from pytest_moeperf.oracle import impls
+        from pytest_moeperf.report import plots
+        from pytest_moeperf.spec import scenario
 
         try:
             settings = Settings.from_config(config)
@@ -81,7 +84,7 @@ class MoePerfRun:
 
     def sources(self, scenario_name: str) -> str:
         """Digest of the timed implementations' sources of a scenario (the reference, `torch`, is the plugin)."""
-        from pytest_moeperf import impls
+        from pytest_moeperf.oracle import impls
 
         for scenario, built in self.entries.values():
             if scenario.name == scenario_name:

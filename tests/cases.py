@@ -6,7 +6,7 @@ import zlib
 
 import torch
 
-from pytest_moeperf import routing
+from pytest_moeperf.inputs import routing
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16, "fp8": torch.float8_e4m3fn}
 

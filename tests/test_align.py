@@ -2,7 +2,7 @@
 import pytest
 
 import kernels
-from pytest_moeperf import compare, reference
+from pytest_moeperf.oracle import compare, reference
 from tests.cases import Case, make_inputs
 
 CASES = [  # (case, block_size, pad_sorted_ids)

@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from pytest_moeperf import timing
+from pytest_moeperf.measure import timing
 
 
 def test_the_ceiling_copies_at_least_a_gibibyte_and_says_how_it_was_measured():

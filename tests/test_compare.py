@@ -3,7 +3,7 @@ import pytest
 import torch
 
 import kernels
-from pytest_moeperf import compare, reference
+from pytest_moeperf.oracle import compare, reference
 from tests.cases import Case, make_inputs
 
 CASE = Case(12, 3, 8, 20, "bf16", align=4, ep=(2, 1), scale="token")

@@ -11,7 +11,8 @@ import pytest
 import torch
 
 import kernels
-from pytest_moeperf import experts, reference_experts
+from pytest_moeperf.inputs import experts
+from pytest_moeperf.oracle import reference_experts
 
 MODE = {"none": None, "fp8": "fp8_w8a8", "int8": "int8_w8a16"}  # the dtype mode of each quantization here
 TOLERANCE = reference_experts.TOLERANCE

@@ -1,7 +1,7 @@
 """The gate experiment's arithmetic (pytest_moeperf/gate_stats.py) on hand-made results."""
 import pytest
 
-from pytest_moeperf import gate_stats
+from benchmarks import gate_stats
 
 
 def result(verdict, median, base, key="k", ceiling=2000.0):

@@ -6,7 +6,10 @@ import random
 import pytest
 import torch
 
-from pytest_moeperf import baselines, models, routing, verdict
+from pytest_moeperf.gate import verdict
+from pytest_moeperf.inputs import routing
+from pytest_moeperf.spec import models
+from pytest_moeperf.store import baselines
 
 
 def noisy(median, n=100, rel=0.01, seed=0):
@@ -149,8 +152,8 @@ def test_builtin_models_match_their_configs(tmp_path):
 
 
 def test_outcomes_are_typed_and_read_back_from_json_and_from_older_labels():
-    from pytest_moeperf.result import Outcome, decide
-    from pytest_moeperf.verdict import Kind
+    from pytest_moeperf.gate.result import Outcome, decide
+    from pytest_moeperf.gate.verdict import Kind
 
     cases = [
         (decide(Kind.REGRESSION, recording=False, eager=False, gate_eager=False, excuses=[], injected=None),

@@ -3,7 +3,7 @@ import pytest
 import torch
 
 import kernels
-from pytest_moeperf import compare, reference
+from pytest_moeperf.oracle import compare, reference
 from tests.cases import Case, make_inputs
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(),

@@ -1,5 +1,5 @@
 """Reading nvidia-smi's answers about throttling and other processes (pytest_moeperf/health.py)."""
-from pytest_moeperf import health
+from pytest_moeperf.measure import health
 
 
 def test_slowdown_reasons_name_only_the_bits_that_slow_a_kernel():

@@ -4,7 +4,9 @@ import pytest
 import torch
 
 import kernels
-from pytest_moeperf import impls, problem, reference, scenario
+from pytest_moeperf.inputs import problem
+from pytest_moeperf.oracle import impls, reference
+from pytest_moeperf.spec import scenario
 from tests.test_plugin import FAKE_TIMER, SMALL as PLUGIN_SMALL, run_timed
 
 SMALL = """
@@ -114,7 +116,7 @@ def test_two_scenarios_with_one_name_in_any_case_are_refused(env):
 
 
 def test_baseline_paths_never_leave_their_folder(tmp_path):
-    from pytest_moeperf import baselines
+    from pytest_moeperf.store import baselines
 
     assert baselines.path_for(tmp_path, "NVIDIA_H200", "mixtral") == tmp_path / "NVIDIA_H200" / "mixtral.json"
     for gpu, name in (("NVIDIA_H200", "../x"), ("..", "x"), ("NVIDIA_H200", "/etc/x"), ("a/b", "x")):
@@ -155,7 +157,7 @@ def test_a_failed_baseline_write_still_writes_the_reports_and_fails_clearly(env,
 
 WRITER = """
 import sys
-from pytest_moeperf import baselines
+from pytest_moeperf.store import baselines
 path, who = sys.argv[1], sys.argv[2]
 for i in range(20):
     entry = {"median_us": 1.0, "samples_us": [1.0, 1.0, 1.0]}
@@ -186,7 +188,7 @@ def test_writers_with_different_temp_folders_keep_every_entry(tmp_path):
 def test_a_lock_file_another_user_left_read_only_still_serves(tmp_path, monkeypatch):
     import tempfile
 
-    from pytest_moeperf import locks
+    from pytest_moeperf.measure import locks
 
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
     lock = tmp_path / "pytest-moeperf-gpu-x.lock"
@@ -209,7 +211,7 @@ def test_a_lock_file_another_user_left_read_only_still_serves(tmp_path, monkeypa
 def test_an_unusable_baseline_entry_is_an_error_naming_file_and_entry(tmp_path, entry, words):
     import json
 
-    from pytest_moeperf import baselines
+    from pytest_moeperf.store import baselines
 
     path = tmp_path / "small.json"
     path.write_text(json.dumps({"schema": 1, "entries": {"permute[x-bf16-M1]": entry}}))
@@ -219,7 +221,7 @@ def test_an_unusable_baseline_entry_is_an_error_naming_file_and_entry(tmp_path, 
 
 
 def test_a_deeply_nested_baseline_file_is_a_clear_error(tmp_path):
-    from pytest_moeperf import baselines
+    from pytest_moeperf.store import baselines
 
     path = tmp_path / "small.json"
     path.write_text("[" * 100_000)

@@ -1,7 +1,7 @@
 """Sizing the extra copy of an injected slowdown (pytest_moeperf/inject.py) against made-up cost models."""
 import pytest
 
-from pytest_moeperf import inject
+from pytest_moeperf.measure import inject
 
 LAUNCH_US = 1.7
 

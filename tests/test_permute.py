@@ -6,7 +6,7 @@ import torch
 
 import kernels
 from kernels import _launch
-from pytest_moeperf import compare, reference
+from pytest_moeperf.oracle import compare, reference
 from tests.cases import Case, make_inputs
 
 CASES = [

@@ -3,6 +3,7 @@
 Timing needs a GPU; here a fake timer (written into each test's folder as a conftest) stands in for the CUDA one
 so that the baseline and verdict logic runs for real. FAKE_FACTOR scales its medians.
 """
+import importlib
 import json
 import os
 from pathlib import Path
@@ -10,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from pytest_moeperf import reference_experts
+from pytest_moeperf.oracle import reference_experts
 from tests.conftest import DEVICE
 
 REPO = Path(__file__).resolve().parents[1]
@@ -19,7 +20,7 @@ FAKE_TIMER = '''
 import contextlib, json, os, random
 import pytest
 from pytest_moeperf.run_state import RUN_KEY
-from pytest_moeperf.timing import Measurement
+from pytest_moeperf.measure.timing import Measurement
 
 class FakeTimer:
     gpu_slug = "FAKE_GPU"
@@ -174,7 +175,7 @@ def test_config_json_models_read_nested_fields(env):
 
 USER_IMPL = '''
 import torch
-from pytest_moeperf import reference
+from pytest_moeperf.oracle import reference
 
 def good():
     return {"permute": reference.moe_permute, "align": reference.moe_align_block_size}
@@ -319,6 +320,7 @@ def test_the_environment_recorded_under_xdist_is_a_workers_not_the_controllers(e
     env.makefile(".yaml", small=SMALL)
     env.makeconftest(FAKE_TIMER)
     monkeypatch.setenv("FAKE_ENV_WHERE", "1")
+    monkeypatch.delenv("PYTEST_XDIST_WORKER", raising=False)  # when this test itself runs in an xdist worker
     result = env.runpytest_subprocess("--moeperf", "small.yaml", "-n", "2", "--update-baselines", "-k",
                                       "timing and M1", "--moeperf-json", "out.json")
     result.assert_outcomes(passed=5)
@@ -413,7 +415,8 @@ def test_markdown_summary_and_github_step_summary(env, monkeypatch):
     assert summary.read_text() == text
 
 
-@pytest.mark.skipif(not __import__("pytest_moeperf.plots").plots.available(), reason="matplotlib not installed")
+@pytest.mark.skipif(not importlib.import_module("pytest_moeperf.report.plots").available(),
+                    reason="matplotlib not installed")
 def test_plots_one_png_per_scenario_and_op(env):
     env.makefile(".yaml", small=SMALL)
     env.makeconftest(FAKE_TIMER)
@@ -426,7 +429,7 @@ def test_plots_one_png_per_scenario_and_op(env):
 
 
 def test_plot_without_matplotlib_says_how_to_install(env, monkeypatch):
-    import pytest_moeperf.plots as plots
+    import pytest_moeperf.report.plots as plots
 
     monkeypatch.setattr(plots, "available", lambda: False)
     env.makefile(".yaml", small=SMALL)
@@ -690,8 +693,8 @@ def test_tuning_can_time_a_seeded_draw_of_a_large_space(configs, env):
 
 def test_injected_regressions_reach_the_markdown_regressions_section_and_the_plots(env):
     # the bug of issue 17: the outcome was a string, "regression (injected +20%)", compared with == "regression"
-    from pytest_moeperf import plots
-    from pytest_moeperf.result import TimingResult
+    from pytest_moeperf.report import plots
+    from pytest_moeperf.gate.result import TimingResult
 
     env.makefile(".yaml", small=SMALL)
     env.makeconftest(FAKE_TIMER)

@@ -2,7 +2,7 @@
 import importlib
 import sys
 
-from pytest_moeperf import impls
+from pytest_moeperf.oracle import impls
 
 
 def test_the_digest_covers_the_package_and_only_this_gpus_tuned_configs(tmp_path, monkeypatch):

@@ -7,7 +7,7 @@ import torch
 import kernels
 from kernels import _launch, tuning
 from kernels._launch import next_pow2
-from pytest_moeperf import compare, reference
+from pytest_moeperf.oracle import compare, reference
 from tests.cases import Case, make_inputs
 
 
@@ -111,7 +111,7 @@ def test_kernels_are_exact_with_configs_of_the_search_space(case, pick, device):
 
 
 def test_merging_keeps_other_entries_and_never_overwrites_an_unreadable_file(config_dir):
-    from pytest_moeperf import tuned
+    from pytest_moeperf.store import tuned
 
     a = {"BLOCK_T": 1, "BLOCK_H": 64, "num_warps": 2}
     b = {"BLOCK_T": 2, "BLOCK_H": 32, "num_warps": 2}
@@ -134,7 +134,7 @@ GEMM_A = {"BLOCK_SIZE_M": 16, "BLOCK_SIZE_N": 64, "BLOCK_SIZE_K": 32, "GROUP_SIZ
 
 
 def test_gemm_files_are_named_and_shaped_like_vllms(config_dir):
-    from pytest_moeperf import tuned
+    from pytest_moeperf.store import tuned
 
     assert tuning.gemm_config_name(8, 14336, "NVIDIA_H100_80GB_HBM3", None, None) == \
         "E=8,N=14336,device_name=NVIDIA_H100_80GB_HBM3.json"

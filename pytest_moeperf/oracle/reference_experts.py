@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import torch
 
-from pytest_moeperf.reference import local_expert_of_routes
+from pytest_moeperf.inputs.dtypes import FP8_MAX
+from pytest_moeperf.inputs.routing import local_expert_of_routes
 
-FP8_MAX = 448.0
 # Relative error ||out - oracle|| / ||oracle|| a kernel may show, per dtype mode: about twice the largest an H100
-# showed (2026-11-23, Triton 3.6, the scenarios' shapes at M = 1 to 4096, README "fused_experts"): bf16 1.25e-3,
+# showed (2026-11-23, Triton 3.6, the scenarios' shapes at M = 1 to 4096, docs/fused-experts.md): bf16 1.25e-3,
 # fp16 2.6e-4, int8_w8a16 7.7e-4, fp8_w8a8 9.8e-3 (per-token activations, M = 16; block scales 5.6e-3). The oracle
 # rounds where the kernel stores, so what is left is the tensor cores' summation order plus, with fp8, an
 # intermediate value landing on the other side of an fp8 rounding step. Under the Triton interpreter, which

@@ -13,8 +13,8 @@ import math
 
 import torch
 
-from pytest_moeperf import reference
-from pytest_moeperf.reference_experts import FP8_MAX
+from pytest_moeperf.inputs import routing
+from pytest_moeperf.inputs.dtypes import FP8_MAX
 
 CPU_MOST_DIM = 128
 CPU_MOST_ROUTES = 64  # batch x topk fused_experts is checked at under the interpreter (E = 256, M = 16: ~35 s)
@@ -121,6 +121,6 @@ def flops(p) -> int:
 def touched_weight_bytes(p) -> int:
     """Bytes of the experts that at least one local route uses (each read once at best)."""
     w = weights_for(p)
-    local = reference.local_expert_of_routes(p.topk_ids, p.E, p.expert_map)
+    local = routing.local_expert_of_routes(p.topk_ids, p.E, p.expert_map)
     touched = int(torch.unique(local[local >= 0]).numel())
     return touched * sum(t[0].numel() * t.element_size() for t in (w.w1, w.w2))

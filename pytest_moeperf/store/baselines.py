@@ -1,4 +1,4 @@
-"""Baseline files: baselines/<gpu-slug>/<scenario>.json, merged and written atomically (SPEC section 4)."""
+"""Baseline files: baselines/<gpu-slug>/<scenario>.json, merged and written atomically (docs/contract.md section 4)."""
 from __future__ import annotations
 
 import datetime
@@ -6,8 +6,8 @@ import json
 import math
 from pathlib import Path
 
-from pytest_moeperf import files
-from pytest_moeperf.scenario import check_name
+from pytest_moeperf.store import files
+from pytest_moeperf.spec.scenario import check_name
 
 SCHEMA = 1
 
@@ -124,7 +124,7 @@ def update(path: Path, entries: dict[str, dict], environment: dict, scenario: st
 
 class BaselineStore:
     """The baseline files of one GPU model under one folder: their paths, a cache of what was read, and the update
-    of the files a run recorded (SPEC 4)."""
+    of the files a run recorded (docs/contract.md section 4)."""
 
     def __init__(self, root: Path, gpu_slug: str | None):
         self.root, self.gpu_slug = Path(root), gpu_slug

@@ -10,7 +10,7 @@ import os
 import shutil
 import subprocess
 
-from pytest_moeperf import env
+from pytest_moeperf.measure import env
 
 # clocks_event_reasons bits that slow a running kernel down (GPU idle, 0x1, and the clock settings are left out).
 SLOWDOWN_REASONS = {0x4: "software power cap", 0x8: "hardware slowdown", 0x20: "software thermal slowdown",

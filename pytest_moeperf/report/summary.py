@@ -1,4 +1,4 @@
-"""Reports of a run: the terminal table, the JSON file, and each result's JUnit properties."""
+"""Reports of a run: the terminal table, the JSON file, the markdown summary and the tuning table."""
 from __future__ import annotations
 
 import datetime
@@ -9,8 +9,8 @@ from pathlib import Path
 
 from tabulate import tabulate
 
-from pytest_moeperf.result import TimingResult
-from pytest_moeperf.verdict import Kind
+from pytest_moeperf.gate.result import TimingResult
+from pytest_moeperf.gate.verdict import Kind
 
 COLUMNS = ("scenario", "op", "impl", "dtype", "M", "median us", "baseline us", "change %", "GB/s", "% ceiling",
            "verdict")

@@ -1,4 +1,4 @@
-"""Contract-level comparison of an implementation's outputs with the reference's (SPEC section 1).
+"""Contract-level comparison of an implementation's outputs with the reference's (docs/contract.md section 1).
 
 What the contract fixes is compared exactly (indices, offsets, moved bytes); what it leaves open is checked for the
 properties it promises: rows of dropped routes only need to be distinct rows >= V, padding rows are never read,

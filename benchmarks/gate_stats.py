@@ -10,11 +10,11 @@ from __future__ import annotations
 import statistics
 from collections.abc import Callable
 
-from pytest_moeperf import verdict
-from pytest_moeperf.result import Outcome
-from pytest_moeperf.verdict import Kind
+from pytest_moeperf.gate import verdict
+from pytest_moeperf.gate.result import Outcome
+from pytest_moeperf.gate.verdict import Kind
 
-LONG_KERNEL_US = 10.0  # SPEC 5 states the detection figures for kernels of at least this long
+LONG_KERNEL_US = 10.0  # contract section 5 states the detection figures for kernels of at least this long
 
 
 def flagged(result: dict) -> bool:

@@ -1,4 +1,4 @@
-"""Scenario files (SPEC section 2): YAML validated up front, every error naming the file, the line and the key."""
+"""Scenario files (docs/contract.md section 2): YAML validated up front, every error naming the file, the line and the key."""
 from __future__ import annotations
 
 import dataclasses
@@ -8,7 +8,8 @@ from pathlib import Path
 
 import yaml
 
-from pytest_moeperf import models, routing, verdict
+from pytest_moeperf.spec import models
+from pytest_moeperf.spec.settings import DEFAULT_THRESHOLD
 
 DTYPES = ("bf16", "fp16", "auto", "fp8_w8a8", "int8_w8a16")
 OPS = ("permute", "unpermute", "align", "fused_experts")
@@ -96,6 +97,7 @@ _KEYS = {"name", "model", "shape", "dtypes", "batch_sizes", "ops", "impls", "tp_
 _SHAPE_KEYS = ("num_experts", "topk", "hidden_size", "intermediate_size")
 
 
+ROUTINGS = ("uniform", "zipf", "hot", "sparse")  # routing kinds (inputs/routing.py draws them)
 MOST_NODES = 10_000  # values a scenario may expand to, aliases counted at each use
 NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
 _REPR = reprlib.Repr()
@@ -241,13 +243,13 @@ def _model(r: _Reader, fields: dict):
 
 def _routing(r: _Reader, node, E: int, k: int) -> Routing:
     if isinstance(node, yaml.ScalarNode):
-        kind = r.string(node, "routing", routing.ROUTINGS)
+        kind = r.string(node, "routing", ROUTINGS)
         params = {}
     else:
         given = r.mapping(node, "routing", {"kind", "alpha", "p", "experts_used"})
         if "kind" not in given:
             raise r.error(node, "routing", "a routing mapping needs 'kind'")
-        kind = r.string(given["kind"], "routing.kind", routing.ROUTINGS)
+        kind = r.string(given["kind"], "routing.kind", ROUTINGS)
         allowed = {"uniform": set(), "zipf": {"alpha"}, "hot": {"p"}, "sparse": {"experts_used"}}[kind]
         params = {}
         for key, v in given.items():
@@ -363,7 +365,7 @@ def load(path: str | Path) -> Scenario:
         raise r.error(fields.get("routing"), "routing.experts_used", f"must lie in [topk={k}, num_experts={E}]")
     seed = get("seed", lambda n: r.integer(n, "seed", minimum=0), 0)
     timing = get("timing", lambda n: _timing(r, n), Timing())
-    threshold = get("threshold", lambda n: r.number(n, "threshold", 0.0, 10.0), verdict.DEFAULT_THRESHOLD)
+    threshold = get("threshold", lambda n: r.number(n, "threshold", 0.0, 10.0), DEFAULT_THRESHOLD)
     return Scenario(name=name, path=path, model=model, shape=shape, dtypes=dtypes, batch_sizes=batch_sizes,
                     ops=ops, impls=impls, tp_size=tp_size, ep_size=ep_size, ep_rank=ep_rank,
                     align_block_size=align, block_quant=block_quant, routing=route, seed=seed, timing=timing,

@@ -1,4 +1,4 @@
-"""PyTorch reference of every operation in SPEC section 1: the oracle other implementations are checked against.
+"""PyTorch reference of every operation in docs/contract.md section 1: the oracle other implementations are checked against.
 
 Written to be read, not to be fast: plain sorts, gathers and loops over experts, on the inputs' device. Same names
 and argument order as vLLM's fused-MoE API.
@@ -6,6 +6,8 @@ and argument order as vLLM's fused-MoE API.
 from __future__ import annotations
 
 import torch
+
+from pytest_moeperf.inputs.routing import local_expert_of_routes
 
 
 def _cdiv(a: int, b: int) -> int:
@@ -26,7 +28,7 @@ def _is_per_tensor(scale) -> bool:
 
 
 def moe_align_block_size(topk_ids, block_size, num_experts, expert_map=None, pad_sorted_ids=False):
-    """(sorted_token_ids, expert_ids, num_tokens_post_padded), SPEC 1.1. Ids outside [0, E) are left out."""
+    """(sorted_token_ids, expert_ids, num_tokens_post_padded), contract section 1.1. Ids outside [0, E) are left out."""
     device = topk_ids.device
     ids = topk_ids.reshape(-1).long().cpu()
     R = ids.numel()
@@ -52,15 +54,6 @@ def moe_align_block_size(topk_ids, block_size, num_experts, expert_map=None, pad
     return sorted_ids.to(device), expert_ids.to(device), ntpp.to(device)
 
 
-def local_expert_of_routes(topk_ids, n_expert, expert_map=None):
-    """Local expert of every route (flat, token-major), -1 for dropped routes (non-local or id outside [0, E))."""
-    ids = topk_ids.reshape(-1).long()
-    valid = (ids >= 0) & (ids < n_expert)
-    safe = torch.where(valid, ids, 0)
-    local = safe if expert_map is None else expert_map.to(ids.device).long()[safe]
-    return torch.where(valid, local, -1)
-
-
 def num_local_experts(n_expert, n_local_expert=-1, expert_map=None) -> int:
     if n_local_expert != -1:
         return n_local_expert
@@ -69,7 +62,7 @@ def num_local_experts(n_expert, n_local_expert=-1, expert_map=None) -> int:
 
 def moe_permute(hidden_states, a1q_scale, topk_ids, n_expert, n_local_expert=-1, expert_map=None,
                 align_block_size=None, fill_invalid_expert=-1, permuted_hidden_states=None, scratch=None):
-    """(permuted [P,H], a1q_scale, expert_first_token_offset [L+1], inv_permuted_idx [R], m_indices [P]), SPEC 1.3.
+    """(permuted [P,H], a1q_scale, expert_first_token_offset [L+1], inv_permuted_idx [R], m_indices [P]), contract section 1.3.
 
     Computed on the input's device. Rows no local route owns are zero here; the contract leaves them unspecified.
     `permuted_hidden_states` and `scratch` are accepted for signature parity and ignored.
@@ -121,7 +114,7 @@ def moe_permute(hidden_states, a1q_scale, topk_ids, n_expert, n_local_expert=-1,
 
 
 def moe_unpermute(out, permuted_hidden_states, topk_weights, inv_permuted_idx, expert_first_token_offset=None):
-    """out[t] = sum_j w[t,j] * permuted[inv[t*k+j]] in fp32, in place; rows >= offsets[-1] add 0. SPEC 1.3."""
+    """out[t] = sum_j w[t,j] * permuted[inv[t*k+j]] in fp32, in place; rows >= offsets[-1] add 0. contract section 1.3."""
     M = out.shape[0]
     inv = inv_permuted_idx.long().view(M, -1)
     keep = torch.ones_like(inv, dtype=torch.bool)
@@ -145,7 +138,7 @@ def _weighted_sum_into(out, rows_src, inv, weights, keep):
 
 
 def _moe_permute(hidden_states, a1q_scale, topk_ids, global_num_experts, expert_map, block_m):
-    """Standard path, SPEC 1.2: (permuted, a1q_scale, sorted_token_ids, expert_ids_per_row, inv_perm)."""
+    """Standard path, contract section 1.2: (permuted, a1q_scale, sorted_token_ids, expert_ids_per_row, inv_perm)."""
     k = topk_ids.shape[1]
     R = topk_ids.numel()
     sorted_ids, expert_ids, _ = moe_align_block_size(topk_ids, block_m, global_num_experts, expert_map,
@@ -161,7 +154,7 @@ def _moe_permute(hidden_states, a1q_scale, topk_ids, global_num_experts, expert_
 
 
 def _moe_unpermute_and_reduce(out, curr_hidden, inv_perm, topk_weight, apply_router_weight_on_input):
-    """Standard path, SPEC 1.2: out[t] = sum_j w[t,j] * curr_hidden[inv_perm[t*k+j]], fp32, in place."""
+    """Standard path, contract section 1.2: out[t] = sum_j w[t,j] * curr_hidden[inv_perm[t*k+j]], fp32, in place."""
     M = out.shape[0]
     inv = inv_perm.long().view(M, -1)
     _weighted_sum_into(out, curr_hidden, inv, None if apply_router_weight_on_input else topk_weight,

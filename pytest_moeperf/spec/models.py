@@ -1,4 +1,4 @@
-"""MoE model shapes: the built-in table (SPEC section 2) and reading a local HuggingFace config.json."""
+"""MoE model shapes: the built-in table (docs/contract.md section 2) and reading a local HuggingFace config.json."""
 from __future__ import annotations
 
 import dataclasses

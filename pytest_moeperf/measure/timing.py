@@ -1,4 +1,4 @@
-"""CUDA-graph timing (SPEC section 3) and the device-copy ceiling it is compared with."""
+"""CUDA-graph timing (docs/contract.md section 3) and the device-copy ceiling it is compared with."""
 from __future__ import annotations
 
 import dataclasses
@@ -10,9 +10,14 @@ from collections.abc import Callable
 
 import torch
 
-from pytest_moeperf import env, health, inject
-from pytest_moeperf.locks import machine_lock
-from pytest_moeperf.scenario import Timing
+from pytest_moeperf.measure import env, health, inject
+from pytest_moeperf.measure.locks import machine_lock
+from pytest_moeperf.spec.scenario import Timing
+
+
+def relative_iqr(samples: list[float]) -> float:
+    q = statistics.quantiles(samples, n=4, method="inclusive")
+    return (q[2] - q[0]) / statistics.median(samples)
 
 
 @dataclasses.dataclass
@@ -39,7 +44,7 @@ class Measurement:
     @property
     def spread(self) -> float:
         """IQR relative to the median."""
-        return self.iqr / self.median
+        return relative_iqr(self.samples_us)
 
 
 def _event_us(run: Callable[[], object]) -> float:
@@ -114,7 +119,7 @@ def capture(calls: list[Callable[[], object]], timing: Timing) -> Captured:
 
 
 def measure(calls: list[Callable[[], object]], timing: Timing) -> Measurement:
-    """Time `calls` (one per input set, rotated) per SPEC 3: each was already run once eagerly by the caller. Each
+    """Time `calls` (one per input set, rotated) per contract section 3: each was already run once eagerly by the caller. Each
     sample is one replay's event time divided by the calls in it, in microseconds."""
     c = capture(calls, timing)
     return Measurement(_time_replays(c.run, c.calls, timing), c.mode, c.calls, c.sets, c.note)
@@ -162,7 +167,7 @@ def best_copy_us(copy: Callable[[], object], tries: int | None = None, spin_up_s
 
 
 def copy_ceiling_gbps(device) -> float:
-    """What a kernel can move (SPEC 3): CEILING_METHOD, measured once per process and device, in GB/s of bytes read
+    """What a kernel can move (docs/contract.md section 3): CEILING_METHOD, measured once per process and device, in GB/s of bytes read
     plus bytes written.
 
     A memcpy captured in a CUDA graph runs on the copy engines, which are much slower (2.71 TB/s on an H200 where

@@ -1,4 +1,4 @@
-"""Seeded routing generators (SPEC section 2, `routing`) and the expert-parallel expert map.
+"""Seeded routing generators (docs/contract.md section 2, `routing`) and the expert-parallel expert map.
 
 Each returns (topk_ids int32 [M, k], topk_weights fp32 [M, k]) with k distinct experts per token; the weights are
 a softmax over the chosen logits, as vLLM's router computes them.
@@ -7,7 +7,8 @@ from __future__ import annotations
 
 import torch
 
-ROUTINGS = ("uniform", "zipf", "hot", "sparse")
+from pytest_moeperf.spec.scenario import ROUTINGS
+
 
 
 def _weights(chosen_logits: torch.Tensor) -> torch.Tensor:
@@ -56,3 +57,12 @@ def expert_map_for(num_experts: int, ep_size: int = 1, ep_rank: int = 0) -> torc
     emap = torch.full((num_experts,), -1, dtype=torch.int32)
     emap[ep_rank * L:(ep_rank + 1) * L] = torch.arange(L, dtype=torch.int32)
     return emap
+
+
+def local_expert_of_routes(topk_ids, n_expert, expert_map=None):
+    """Local expert of every route (flat, token-major), -1 for dropped routes (non-local or id outside [0, E))."""
+    ids = topk_ids.reshape(-1).long()
+    valid = (ids >= 0) & (ids < n_expert)
+    safe = torch.where(valid, ids, 0)
+    local = safe if expert_map is None else expert_map.to(ids.device).long()[safe]
+    return torch.where(valid, local, -1)

@@ -1,4 +1,4 @@
-"""Is a timing slower than its baseline for real? (SPEC section 4)
+"""Is a timing slower than its baseline for real? (docs/contract.md section 4)
 
 A run regresses only when all of these hold:
 - its median is slower than the baseline's by more than max(threshold, noise band), where the noise band is the
@@ -17,14 +17,9 @@ import enum
 import math
 import statistics
 
+from pytest_moeperf.measure.timing import relative_iqr
+
 P_VALUE = 0.01
-# The defaults, chosen with benchmarks/gate_experiment.py on four H100s (2026-11-22; README "How good the gate is"):
-# against baselines from another H100, a kernel >= 10 us ran up to 5% faster, which hides part of a 5% slowdown; a 2%
-# threshold caught 84-96% of injected 5% slowdowns of kernels >= 10 us where 3% caught 81-94% and 5% 23-46%, and
-# clean reruns stayed under 1% alarms. Under 10 us a kernel differs by 5-20% between processes (tight samples, other
-# addresses): a 0.4 us floor (4% of 10 us) keeps those from failing.
-DEFAULT_THRESHOLD = 0.02
-DEFAULT_NOISE_FLOOR_US = 0.4
 
 
 class Kind(str, enum.Enum):
@@ -47,11 +42,6 @@ class Verdict:
         return (f"{self.kind.value}: median {100 * (self.ratio - 1):+.1f}% vs baseline "
                 f"(allowed +/-{100 * self.band:.1f}%, "
                 f"Mann-Whitney p={self.p_value:.2g})")
-
-
-def relative_iqr(samples: list[float]) -> float:
-    q = statistics.quantiles(samples, n=4, method="inclusive")
-    return (q[2] - q[0]) / statistics.median(samples)
 
 
 def mann_whitney_greater(a: list[float], b: list[float]) -> float:

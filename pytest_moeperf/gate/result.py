@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from pytest_moeperf.verdict import Kind
+from pytest_moeperf.gate.verdict import Kind
 
 
 @dataclasses.dataclass(frozen=True)

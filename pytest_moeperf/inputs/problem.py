@@ -6,12 +6,10 @@ import zlib
 
 import torch
 
-from pytest_moeperf import experts, reference, routing
-from pytest_moeperf.scenario import Scenario
+from pytest_moeperf.inputs import experts, routing
+from pytest_moeperf.inputs.dtypes import FP8_MAX, PAYLOAD
+from pytest_moeperf.spec.scenario import Scenario
 
-PAYLOAD = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp8_w8a8": torch.float8_e4m3fn,
-           "int8_w8a16": torch.bfloat16}  # int8_w8a16: int8 weights, 16-bit activations: bf16 data by construction
-FP8_MAX = 448.0
 
 
 @dataclasses.dataclass
@@ -85,7 +83,7 @@ def build(scenario: Scenario, dtype: str, M: int, device, input_set: int = 0) ->
     else:
         hidden = x.to(PAYLOAD[dtype])
     emap = routing.expert_map_for(shape.num_experts, scenario.ep_size, scenario.ep_rank)
-    local = int((reference.local_expert_of_routes(ids, shape.num_experts, emap) >= 0).sum())
+    local = int((routing.local_expert_of_routes(ids, shape.num_experts, emap) >= 0).sum())
     move = (lambda t: None if t is None else t.to(device))
     activations = x.to(torch.float16 if dtype == "fp16" else torch.bfloat16)
     return Problem(scenario, dtype, M, move(hidden), move(scale), move(ids), move(weights), move(emap), local,
@@ -93,7 +91,7 @@ def build(scenario: Scenario, dtype: str, M: int, device, input_set: int = 0) ->
 
 
 def moved_bytes(op: str, p: Problem) -> tuple[int, int]:
-    """(payload bytes, extra bytes) one call moves at least: SPEC 3, M*H*b read + one row written per local route
+    """(payload bytes, extra bytes) one call moves at least: contract section 3, M*H*b read + one row written per local route
     for permute (the reverse for unpermute); extra = scales and index bytes. fused_experts: the weights of the
     experts its local routes touch (read once), the activations in and out as extra."""
     if op == "fused_experts":

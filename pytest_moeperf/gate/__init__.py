@@ -1,0 +1,1 @@
+"""The verdict on a measurement and the typed result of a timing test."""

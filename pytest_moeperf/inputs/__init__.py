@@ -1,0 +1,1 @@
+"""The inputs of one test: routing, hidden states and scales, the expert weights."""

@@ -1,0 +1,1 @@
+"""Measuring on the GPU: CUDA-graph timing, the copy ceiling, the environment and the GPU's health."""

@@ -1,0 +1,1 @@
+"""Implementations under test and their contracts: the PyTorch references and the comparisons."""

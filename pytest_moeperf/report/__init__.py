@@ -1,0 +1,1 @@
+"""What a run shows: terminal and markdown tables, JSON, plots."""

@@ -1,0 +1,1 @@
+"""What to run: scenario files, model shapes, the run's settings."""

@@ -1,0 +1,1 @@
+"""What a run keeps: baseline files and tuned configs, written safely."""
