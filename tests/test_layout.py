@@ -46,3 +46,18 @@ def test_no_module_imports_one_further_down_the_flow():
 
 def test_the_kernels_do_not_import_the_plugin():
     assert not [p.name for p in KERNELS.rglob("*.py") if any(m for m in imports(p))]
+
+
+def test_baseline_folders_and_tuned_config_files_name_a_gpu_alike(monkeypatch):
+    # The rule lives twice on purpose: the kernels may not import the plugin, and the plugin runs without the
+    # kernels (user implementations only). Baseline folders, config file names and the source digest must agree.
+    import torch
+
+    from kernels import tuning
+    from pytest_moeperf.measure import env
+
+    for name in ("NVIDIA H100 80GB HBM3", "NVIDIA H200", "NVIDIA GeForce RTX 4090 (laptop)", " odd--name  "):
+        monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None, name=name: name)
+        tuning.device_name.cache_clear()
+        assert env.gpu_slug() == tuning.device_name(torch.device("cuda", 0))
+    tuning.device_name.cache_clear()
