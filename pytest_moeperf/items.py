@@ -11,14 +11,13 @@ import statistics
 import pytest
 
 from pytest_moeperf.gate import verdict
+from pytest_moeperf.gate.result import TimingResult, decide
+from pytest_moeperf.gate.verdict import Kind
 from pytest_moeperf.inputs import experts, problem
 from pytest_moeperf.measure import health
 from pytest_moeperf.oracle import reference_experts
-from pytest_moeperf.gate.verdict import Kind
 from pytest_moeperf.oracle.impls import load_kernels
-from pytest_moeperf.gate.result import TimingResult, decide
 from pytest_moeperf.run_state import RUN_KEY
-
 
 # A measurement whose IQR exceeds MAX_SPREAD of its median is taken again, up to TRIES times, and the tightest kept;
 # one still spread by more than UNSTABLE_SPREAD was disturbed (an H100 run showed a 2.9 us kernel at 4-27 us in one

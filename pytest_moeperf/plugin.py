@@ -6,8 +6,8 @@ import os
 import pytest
 import torch
 
-from pytest_moeperf.spec import settings
 from pytest_moeperf.run_state import RUN_KEY, MoePerfRun, gpu_uuids, is_worker, visible_gpus
+from pytest_moeperf.spec import settings
 
 INI = (
     ("moeperf_baselines", "folder of baseline files (default: baselines/ under the rootdir)"),

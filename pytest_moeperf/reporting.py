@@ -8,12 +8,12 @@ from pathlib import Path
 
 import pytest
 
+from pytest_moeperf.gate.result import TimingResult
 from pytest_moeperf.inputs import experts
 from pytest_moeperf.measure import timing
 from pytest_moeperf.report import summary
-from pytest_moeperf.store import baselines
-from pytest_moeperf.gate.result import TimingResult
 from pytest_moeperf.run_state import ENVIRONMENT_KEY, MoePerfRun
+from pytest_moeperf.store import baselines
 
 
 class Reporter:

@@ -13,8 +13,8 @@ import pytest
 import torch
 
 from pytest_moeperf.measure import timing
-from pytest_moeperf.store import baselines
 from pytest_moeperf.spec.settings import Settings
+from pytest_moeperf.store import baselines
 
 RUN_KEY = pytest.StashKey()
 ENVIRONMENT_KEY = "moeperf_environment"  # workeroutput: {gpu slug: environment} of the GPU a worker timed on

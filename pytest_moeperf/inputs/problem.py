@@ -11,7 +11,6 @@ from pytest_moeperf.inputs.dtypes import FP8_MAX, PAYLOAD
 from pytest_moeperf.spec.scenario import Scenario
 
 
-
 @dataclasses.dataclass
 class Problem:
     scenario: Scenario

@@ -10,7 +10,6 @@ import torch
 from pytest_moeperf.spec.scenario import ROUTINGS
 
 
-
 def _weights(chosen_logits: torch.Tensor) -> torch.Tensor:
     return torch.softmax(chosen_logits.float(), dim=-1)
 

@@ -19,8 +19,8 @@ from pathlib import Path
 import torch
 
 from pytest_moeperf.inputs import experts
-from pytest_moeperf.oracle import compare, reference, reference_experts
 from pytest_moeperf.inputs.problem import Problem
+from pytest_moeperf.oracle import compare, reference, reference_experts
 from pytest_moeperf.spec.scenario import BUILTIN_IMPLS, OPS, ImplSpec
 
 

@@ -12,7 +12,6 @@ from collections.abc import Callable
 from pathlib import Path
 
 
-
 def number_between(low: float, high: float, *, low_inclusive: bool = False, high_inclusive: bool = False
                    ) -> Callable[[str], float]:
     """A finite number in (low, high), either end closed on request: the same bounds as the scenario keys."""

@@ -6,8 +6,8 @@ import json
 import math
 from pathlib import Path
 
-from pytest_moeperf.store import files
 from pytest_moeperf.spec.scenario import check_name
+from pytest_moeperf.store import files
 
 SCHEMA = 1
 

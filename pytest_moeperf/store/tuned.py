@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pytest_moeperf.store import files
 from pytest_moeperf.oracle.impls import load_kernels
+from pytest_moeperf.store import files
 
 
 def merge(folder: Path, name: str, winners: dict[int, dict | None], op: str) -> Path:
