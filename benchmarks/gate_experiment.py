@@ -3,7 +3,7 @@
     python benchmarks/gate_experiment.py [scenarios/mixtral.yaml scenarios/deepseek-v3.yaml] [--record]
         [--baselines DIR] [--rounds 3] [--inject 0.05,0.1,0.2] [-k EXPR] [--out DIR]
         [--sweep-thresholds 0.03,0.04,0.05] [--sweep-floors 0.25,0.35,0.5] [--summarize] [--budget-s S]
-        [--drop-impls NAMES]
+        [--drop-impls NAMES] [--against REF]
 
 Without --record it judges against the committed baselines (the "fresh machine" case: run it on a GPU that did not
 record them). With --record it first records baselines into --baselines (a scratch folder, default
@@ -14,6 +14,10 @@ round it prints and writes (summary.json) the false alarms per clean run, the de
 kernel duration with the slowdown actually injected, the spread of the clean median / baseline median ratio (raw
 and scaled by the copy ceilings of the two runs), and the same reports re-judged offline for each threshold and
 noise floor of the sweep. --summarize only reads --out. GPU only, except --summarize.
+
+With --against REF every run is the in-process A/B gate (--moeperf-against REF; REF = HEAD for the A/A part): no
+baselines are read or recorded, "baseline" in the tables is the reference's median of the same run, and the offline
+re-judging against stored baselines is left out.
 """
 from __future__ import annotations
 
@@ -94,11 +98,12 @@ def summarize(out: Path, clean, injected, baseline_of, args, source: str) -> Non
     drop = set(args.drop_impls.split(",")) if args.drop_impls else set()
     clean = [[r for r in run if r["impl"] not in drop] for run in clean]
     injected = {f: [[r for r in run if r["impl"] not in drop] for run in runs] for f, runs in injected.items()}
+    stored = not args.against  # the spread and the sweep compare with stored baselines
     summary = {"false_alarms": gate_stats.false_alarms(clean),
                "detection": gate_stats.detection(injected, clean),
-               "ratio_spread": gate_stats.ratio_spread(clean, baseline_of),
+               "ratio_spread": gate_stats.ratio_spread(clean, baseline_of) if stored else [],
                "sweep": gate_stats.sweep(clean, injected, baseline_of, floats(args.sweep_thresholds),
-                                         floats(args.sweep_floors)),
+                                         floats(args.sweep_floors)) if stored else [],
                "gpu_uuids": sorted({r["gpu_uuid"] for run in clean for r in run}),
                "scenarios": args.scenarios, "select": args.select, "dropped_impls": sorted(drop),
                "baselines": source}
@@ -128,12 +133,17 @@ def main(argv=None) -> int:
     ap.add_argument("--drop-impls", help="leave these implementations' results out of the summary (comma-separated; "
                                          "e.g. ones whose baselines are known to be stale)")
     ap.add_argument("--budget-s", type=float, help="start no run that would likely end after this many seconds")
+    ap.add_argument("--against", metavar="REF", help="run the in-process A/B gate against REF (e.g. HEAD for A/A)")
     args = ap.parse_args(argv)
     out = args.out.resolve()
     out.mkdir(parents=True, exist_ok=True)
     args.select = args.select if "timing" in args.select else f"timing and ({args.select})"
     extra, folder, source = [], ROOT / "baselines", "committed"
-    if args.record or args.baselines:
+    if args.against:
+        if args.record:
+            sys.exit("--against needs no baselines: leave out --record")
+        extra, source = ["--moeperf-against", args.against], f"A/B against {args.against}"
+    elif args.record or args.baselines:
         folder = (args.baselines or out / "baselines").resolve()
         extra, source = ["--moeperf-baselines", str(folder)], "recorded here" if args.record else str(folder)
     baseline_of = baseline_lookup(folder)

@@ -109,15 +109,24 @@ class TimingItem(_Item):
         if self.scenario.timing.l2 == "cold":
             input_sets = timer.input_sets_for_cold_l2(payload + extra, first.hidden.device)
 
-        def make_calls(reuse_first: bool = False) -> list:
+        def make_calls(reuse_first: bool = False, impl=self.impl) -> list:
             sets = [first if reuse_first and i == 0 else self.problem(i) for i in range(input_sets)]
-            return [self.impl.prepare(self.op, p) for p in sets]
+            return [impl.prepare(self.op, p) for p in sets]
 
         ceiling = timer.ceiling_gbps(first.hidden.device)
         threshold = self.scenario.threshold if settings.threshold_override is None else settings.threshold_override
-        base = run.baseline_entry(self.scenario, self.key)
-        m, v, confirmed, injected = self._measure_and_judge(timer, make_calls(reuse_first=True), make_calls, base,
-                                                            threshold, first.hidden.device)
+        reference = None
+        if run.reference is not None:
+            ref_impl = self._reference_impl(first)
+            m, ref, v, confirmed, injected = self._measure_against(timer, ref_impl, make_calls, threshold,
+                                                                   first.hidden.device)
+            base = {"median_us": ref.median}
+            reference = {"ref": run.reference.ref, "commit": run.reference.commit, "median_us": ref.median,
+                         "ratio": v.ratio, "low": v.low, "high": v.high}
+        else:
+            base = run.baseline_entry(self.scenario, self.key)
+            m, v, confirmed, injected = self._measure_and_judge(timer, make_calls(reuse_first=True), make_calls, base,
+                                                                threshold, first.hidden.device)
 
         gpu_health, excuses = None, []
         advisory = m.mode == "eager" and not settings.gate_eager
@@ -137,7 +146,7 @@ class TimingItem(_Item):
             routing=self.scenario.routing.label(), bytes=payload, extra_bytes=extra, gbps=gbps, ceiling_gbps=ceiling,
             ceiling_pct=100 * gbps / ceiling, threshold=threshold, outcome=outcome, verdict_detail=v.describe(),
             confirmed=confirmed, injected=injected, health=gpu_health, baseline_median_us=base and base["median_us"],
-            change_pct=None if v.ratio is None else 100 * (v.ratio - 1))
+            change_pct=None if v.ratio is None else 100 * (v.ratio - 1), reference=reference)
         if self.op == "fused_experts":  # compute-bound at large batches: also against a matmul ceiling
             tflops = experts.flops(first) / m.median / 1e6
             mm = timer.matmul_ceiling_tflops(first.hidden.device, "fp8" if self.dtype == "fp8_w8a8" else "bf16")
@@ -150,11 +159,49 @@ class TimingItem(_Item):
         self.user_properties.extend(result.junit_properties())
         if outcome.counted:
             what = f" (an injected slowdown of {injected['fraction']:.0%})" if injected else ""
-            pytest.fail(f"{self.key}: slower than the {run.gpu_slug} baseline{what}, confirmed by a second "
-                        f"measurement: {v.describe()}", pytrace=False)
+            against = f"the reference {run.reference.label}" if reference else f"the {run.gpu_slug} baseline"
+            pytest.fail(f"{self.key}: slower than {against}{what}, confirmed by a second measurement: "
+                        f"{v.describe()}", pytrace=False)
         if outcome.kind is Kind.NEW and not outcome.recorded and settings.strict:
             pytest.fail(f"{self.key}: no baseline for {run.gpu_slug} in {run.baseline_path(self.scenario)} "
                         f"(--moeperf-strict); record one with --update-baselines", pytrace=False)
+
+    def _reference_impl(self, first):
+        """The reference revision's implementation of this test, checked for correctness on the same inputs."""
+        run = self.run_state
+        ref_impl = run.reference_impls.get(self.scenario.path.resolve(), {}).get(self.impl.name)
+        if ref_impl is None or self.op not in ref_impl.ops:
+            pytest.skip(f"{run.reference.label} has no {self.op} of {self.impl.name!r} to compare with")
+        try:
+            ref_impl.check(self.op, first)
+        except AssertionError as e:
+            pytest.skip(f"the reference {run.reference.label} is not correct here, not compared: "
+                        f"{str(e).splitlines()[0]}")
+        return ref_impl
+
+    def _measure_against(self, timer, ref_impl, make_calls, threshold, device):
+        """--moeperf-against: the current implementation and the reference's on the same inputs, replays
+        interleaved, judged on the paired ratios; a regression is measured again on inputs made anew and stays one
+        only when that agrees. An injected slowdown (of the reference's median) slows the current side only.
+        Returns (current, reference, verdict, confirmed, injected)."""
+        timing = self.scenario.timing
+        injected, slow = None, (lambda calls: calls)
+        with timer.lock():
+            current, reference = make_calls(reuse_first=True), make_calls(reuse_first=True, impl=ref_impl)
+            fraction = self.run_state.settings.inject_slowdown
+            if fraction:
+                slow, injected = timer.slow_down(current, fraction * timer.measure(reference, timing).median, device,
+                                                 timing)
+                injected["fraction"] = fraction
+            a, b = timer.interleave([slow(current), reference], timing)
+            v = verdict.judge_paired(a.samples_us, b.samples_us, threshold)
+            if v.kind is not Kind.REGRESSION:
+                return a, b, v, None, injected
+            a2, b2 = timer.interleave([slow(make_calls()), make_calls(impl=ref_impl)], timing)
+            v2 = verdict.judge_paired(a2.samples_us, b2.samples_us, threshold)
+        if v2.kind is Kind.REGRESSION:
+            return a, b, v, True, injected
+        return a2, b2, v2, False, injected
 
     def _measure_and_judge(self, timer, calls, make_calls, base, threshold, device):
         """Measure; when that says regression, measure again with inputs made anew (at other addresses: a layout that

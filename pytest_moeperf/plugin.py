@@ -6,7 +6,7 @@ import os
 import pytest
 import torch
 
-from pytest_moeperf.run_state import RUN_KEY, MoePerfRun, gpu_uuids, is_worker, visible_gpus
+from pytest_moeperf.run_state import AGAINST_KEY, RUN_KEY, MoePerfRun, gpu_uuids, is_worker, visible_gpus
 from pytest_moeperf.spec import settings
 
 INI = (
@@ -43,6 +43,10 @@ def pytest_addoption(parser):
     group.addoption("--moeperf-inject-slowdown", type=settings.INJECT_SLOWDOWN, default=None, metavar="FRACTION",
                     help="PROVING THE GATE ONLY: make every timed call slower by this fraction of its baseline "
                          "median (an extra device copy after each call); results are labelled 'injected'")
+    group.addoption("--moeperf-against", default=None, metavar="REF",
+                    help="the pull-request gate: time each test against a reference revision of this repository "
+                         "(a git revision, e.g. origin/main, or a folder with another checkout), both in this process "
+                         "on the same inputs, replays interleaved, judged on the paired ratios (no stored baseline)")
     group.addoption("--moeperf-tune", action="store_true", default=False,
                     help="instead of timing against baselines, time every launch config of the search space per "
                          "(op, dtype, batch size) and write the fastest to kernels/configs/ (GPU only)")
@@ -131,3 +135,12 @@ def pytest_xdist_auto_num_workers(config):
 def pytest_configure_node(node):
     if node.config.getoption("moeperf"):
         node.workerinput["moeperf_gpu_uuids"] = gpu_uuids()
+        run = node.config.stash.get(RUN_KEY, None)
+        if run is not None and run.reference is not None:
+            node.workerinput[AGAINST_KEY] = run.reference_for_workers()
+
+
+def pytest_unconfigure(config):
+    run = config.stash.get(RUN_KEY, None)
+    if run is not None:
+        run.remove_reference()

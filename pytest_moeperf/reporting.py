@@ -97,7 +97,10 @@ class Reporter:
         for slug in {r.gpu for r in self.results if r.gpu} - set(self.environments):
             if self.timer is not None:  # no worker sent it: this process timed on this GPU
                 self.environments[slug] = self.timer.environment()
-        if self.gpu_slug in self.environments:
+        if self.run.reference is not None:
+            self.baseline_notes = [f"judged against {self.run.reference.label} in this process: the same inputs, "
+                                   f"replays interleaved, verdicts on the paired ratios (no stored baseline)"]
+        elif self.gpu_slug in self.environments:
             self.baseline_notes = self._compare_environments(self.environments[self.gpu_slug])
         # Reports first, each on its own: nothing measured may be lost because one write (a baseline file on a
         # read-only disk, a plot folder that is a file) failed; every failure is reported and fails the session.

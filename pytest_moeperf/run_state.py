@@ -8,6 +8,9 @@ only there, as pytest-xdist registers its DSession) writes baseline files, tuned
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
+from pathlib import Path
 
 import pytest
 import torch
@@ -18,6 +21,7 @@ from pytest_moeperf.store import baselines
 
 RUN_KEY = pytest.StashKey()
 ENVIRONMENT_KEY = "moeperf_environment"  # workeroutput: {gpu slug: environment} of the GPU a worker timed on
+AGAINST_KEY = "moeperf_against"  # workerinput: the reference revision the controller materialised
 
 
 def is_worker(config) -> bool:
@@ -33,6 +37,9 @@ class MoePerfRun:
         self.pinned_gpu = pinned_gpu  # the GPU this xdist worker was given
         self.timer = timing.CudaTimer() if device == "cuda" else None  # None: timing tests are skipped
         self._store = None
+        self.reference = None  # --moeperf-against: the Revision
+        self.reference_impls: dict = {}  # resolved scenario path -> {impl name: the reference's Impl}
+        self._reference_tmp = None  # the folder the reference was extracted into (removed at the end)
 
     @classmethod
     def load(cls, config, paths, device: str, pinned_gpu: str | None) -> "MoePerfRun":
@@ -60,7 +67,38 @@ class MoePerfRun:
             raise pytest.UsageError(str(e)) from None
         if settings.plot_dir and not plots.available():
             raise pytest.UsageError(plots.INSTALL_HINT)
-        return cls(config, settings, entries, device, pinned_gpu)
+        run = cls(config, settings, entries, device, pinned_gpu)
+        if settings.against is not None:
+            run._load_reference()
+        return run
+
+    def _load_reference(self) -> None:
+        """--moeperf-against: the controller extracts the revision once and hands it to the workers; every process
+        imports the reference's implementations of every scenario up front, so a failure is one usage error."""
+        from pytest_moeperf.oracle import impls, revision
+
+        try:
+            given = getattr(self.config, "workerinput", {}).get(AGAINST_KEY)
+            if given:
+                self.reference = revision.Revision(given["ref"], given["commit"], Path(given["root"]))
+            else:
+                self._reference_tmp = Path(tempfile.mkdtemp(prefix="moeperf-reference-"))
+                self.reference = revision.materialise(self.settings.against, Path(self.config.rootpath),
+                                                      self._reference_tmp)
+            for path, (scenario, built) in self.entries.items():
+                self.reference_impls[path] = revision.reference_impls(self.reference, scenario, built)
+        except (revision.RevisionError, impls.ImplError) as e:
+            self.remove_reference()
+            raise pytest.UsageError(str(e)) from None
+
+    def reference_for_workers(self) -> dict:
+        r = self.reference
+        return {"ref": r.ref, "commit": r.commit, "root": str(r.root)} if r else {}
+
+    def remove_reference(self) -> None:
+        if self._reference_tmp is not None:
+            shutil.rmtree(self._reference_tmp, ignore_errors=True)
+            self._reference_tmp = None
 
     @property
     def gpu_slug(self) -> str | None:

@@ -40,6 +40,17 @@ class FakeTimer:
             with context():
                 out.append(self.measure(calls, cfg))
         return out
+    def interleave(self, sides, cfg):  # side 0 is the current code, FAKE_FACTOR; the others FAKE_REF_FACTOR
+        out = []
+        for i, calls in enumerate(sides):
+            for c in calls:
+                c()
+            factor = float(os.environ.get("FAKE_FACTOR" if i == 0 else "FAKE_REF_FACTOR", "1.0"))
+            noise = float(os.environ.get("FAKE_NOISE", "0.01"))
+            extra = getattr(calls[0], "extra_us", 0.0)
+            samples = [(10.0 * factor + extra) * (1 + self.rng.gauss(0, noise)) for _ in range(cfg.samples)]
+            out.append(Measurement(samples, "graph", cfg.invocations, len(calls)))
+        return out
     def slow_down(self, calls, extra_us, device, timing):
         def slowed(call):
             def run():
@@ -693,8 +704,8 @@ def test_tuning_can_time_a_seeded_draw_of_a_large_space(configs, env):
 
 def test_injected_regressions_reach_the_markdown_regressions_section_and_the_plots(env):
     # the bug of issue 17: the outcome was a string, "regression (injected +20%)", compared with == "regression"
-    from pytest_moeperf.report import plots
     from pytest_moeperf.gate.result import TimingResult
+    from pytest_moeperf.report import plots
 
     env.makefile(".yaml", small=SMALL)
     env.makeconftest(FAKE_TIMER)

@@ -128,6 +128,8 @@ class TimingResult:
     matmul_pct: float | None = None
     relative_error: float | None = None
     tolerance: float | None = None
+    # --moeperf-against: {"ref", "commit", "median_us", "ratio", "low", "high"} of the reference revision
+    reference: dict | None = None
 
     @property
     def verdict(self) -> str:
@@ -155,4 +157,8 @@ class TimingResult:
         return {k: getattr(self, k) for k in BASELINE_FIELDS}
 
     def junit_properties(self) -> list[tuple[str, object]]:
-        return [(f"moeperf_{k}", getattr(self, k)) for k in JUNIT_FIELDS if getattr(self, k) is not None]
+        props = [(f"moeperf_{k}", getattr(self, k)) for k in JUNIT_FIELDS if getattr(self, k) is not None]
+        if self.reference:
+            props += [(f"moeperf_reference_{k}", self.reference[k]) for k in ("ref", "commit", "median_us", "ratio",
+                                                                              "low", "high")]
+        return props

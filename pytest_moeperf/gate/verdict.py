@@ -83,3 +83,39 @@ def judge(samples: list[float], baseline: list[float] | None, threshold: float, 
         p = mann_whitney_greater(baseline, samples)
         return Verdict(Kind.IMPROVED if p < P_VALUE else Kind.PASS, ratio, band, p)
     return Verdict(Kind.PASS, ratio, band, min(mann_whitney_greater(samples, baseline), 1.0))
+
+
+@dataclasses.dataclass
+class PairedVerdict:
+    """A/B in one process: the current code against a reference revision, replays interleaved."""
+    kind: Kind
+    ratio: float  # median of the per-pair ratios current / reference
+    low: float  # a distribution-free 95% interval of that median
+    high: float
+
+    def describe(self) -> str:
+        return (f"{self.kind.value}: median {100 * (self.ratio - 1):+.1f}% vs the reference, 95% interval "
+                f"[{100 * (self.low - 1):+.1f}%, {100 * (self.high - 1):+.1f}%]")
+
+
+def median_interval(values: list[float], z: float = 1.96) -> tuple[float, float, float]:
+    """(median, low, high): the median of `values` and the order statistics around it that hold the true median
+    with about 95% confidence whatever the distribution (the sign test's interval, normal approximation)."""
+    ordered = sorted(values)
+    n = len(ordered)
+    half = z * math.sqrt(n) / 2
+    low = max(0, math.floor(n / 2 - half))
+    high = min(n - 1, math.ceil(n / 2 + half) - 1)
+    return statistics.median(ordered), ordered[low], ordered[high]
+
+
+def judge_paired(current: list[float], reference: list[float], threshold: float) -> PairedVerdict:
+    """Samples taken in turns (pair i = current[i], reference[i]): a regression when the median ratio is above
+    1 + threshold and its 95% interval lies above 1; improved when the mirror image holds; else a pass. No floor in
+    microseconds: both sides share the process, the GPU, the inputs and every drift of the clocks."""
+    ratio, low, high = median_interval([a / b for a, b in zip(current, reference)])
+    if ratio > 1 + threshold and low > 1:
+        return PairedVerdict(Kind.REGRESSION, ratio, low, high)
+    if ratio < 1 - threshold and high < 1:
+        return PairedVerdict(Kind.IMPROVED, ratio, low, high)
+    return PairedVerdict(Kind.PASS, ratio, low, high)

@@ -222,13 +222,19 @@ class CudaTimer:
 
     @staticmethod
     def compare(calls, timing: Timing, contexts: list[Callable[[], typing.ContextManager]]) -> list[Measurement]:
-        """The same calls captured once inside each context (another launch config, another implementation) and
-        the captures replayed in turns (measure_interleaved): one Measurement per context."""
+        """The same calls captured once inside each context (another launch config) and the captures replayed in
+        turns (measure_interleaved): one Measurement per context."""
         captured = []
         for context in contexts:
             with context():
                 captured.append(capture(calls, timing))
         return measure_interleaved(captured, timing)
+
+    @staticmethod
+    def interleave(sides: list[list[Callable[[], object]]], timing: Timing) -> list[Measurement]:
+        """Each side's calls (the current implementation, the reference's) captured and replayed in turns: one
+        Measurement per side, sample i of each taken back to back."""
+        return measure_interleaved([capture(calls, timing) for calls in sides], timing)
     input_sets_for_cold_l2 = staticmethod(input_sets_for_cold_l2)
     ceiling_gbps = staticmethod(copy_ceiling_gbps)
     matmul_ceiling_tflops = staticmethod(matmul_ceiling_tflops)

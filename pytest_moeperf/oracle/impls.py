@@ -114,8 +114,9 @@ class CustomizedContract(Impl):
     """vLLM's customized signatures: moe_permute / moe_unpermute, plus moe_align_block_size."""
 
     def __init__(self, name, permute=None, unpermute=None, align=None, *, fused_experts=None, scratch=False,
-                 align_any_order=False):
+                 align_any_order=False, kernels=None):
         self.name = name
+        self.kernels = kernels  # the kernels package whose MoEPermuteScratch a scratch run uses (None: the current)
         self.fns = {"permute": permute, "unpermute": unpermute, "align": align, "fused_experts": fused_experts}
         self.ops = tuple(op for op, fn in self.fns.items() if fn is not None)
         self.scratch = scratch
@@ -133,7 +134,8 @@ class CustomizedContract(Impl):
         key = (p.M, p.k, p.E, p.n_local, p.hidden.device, p.H, p.hidden.dtype, p.align)
         if self._last_scratch is None or self._last_scratch[0] != key:
             self._last_scratch = None  # free the previous one first
-            self._last_scratch = (key, load_kernels().MoEPermuteScratch(p.M, p.k, p.E, p.n_local, p.hidden.device,
+            self._last_scratch = (key, (self.kernels or load_kernels()).MoEPermuteScratch(p.M, p.k, p.E, p.n_local,
+                                                                                           p.hidden.device,
                                                                     p.H, p.hidden.dtype, p.align))
         return self._last_scratch[1]
 
@@ -198,8 +200,8 @@ class StandardContract(Impl):
     name = "standard"
     ops = ("permute", "unpermute", "align")
 
-    def __init__(self):
-        k = load_kernels()
+    def __init__(self, kernels=None):
+        k = kernels or load_kernels()
         self.permute, self.reduce, self.align = k._moe_permute, k._moe_unpermute_and_reduce, k.moe_align_block_size
 
     def functions(self):
@@ -247,10 +249,10 @@ class StandardContract(Impl):
         compare.assert_close("permute -> identity expert -> unpermute", out, _expected_round_trip(p))
 
 
-def _user_impl(spec: ImplSpec) -> Impl:
+def _user_impl(spec: ImplSpec, import_module: Callable[[str], object]) -> Impl:
     module_name, _, attr = spec.path.partition(":")
     try:
-        provider = getattr(importlib.import_module(module_name), attr)
+        provider = getattr(import_module(module_name), attr)
     except (Exception, SystemExit) as e:  # the user's module: a missing name, a SyntaxError, whatever it raised
         raise ImplError(f"implementation {spec.name!r}: cannot import {spec.path!r}: {type(e).__name__}: "
                         f"{str(e)[:300]}") from None
@@ -268,15 +270,17 @@ def _user_impl(spec: ImplSpec) -> Impl:
     return impl
 
 
-def build(spec: ImplSpec) -> Impl:
+def build(spec: ImplSpec, kernels=None, import_module: Callable[[str], object] = importlib.import_module) -> Impl:
+    """The implementation `spec` names; with `kernels` (a kernels package) and `import_module`, as another revision
+    of the repository has it (oracle/revision.py)."""
     if spec.path is not None:
-        return _user_impl(spec)
+        return _user_impl(spec, import_module)
     if spec.name == "torch":
         return CustomizedContract("torch", reference.moe_permute, reference.moe_unpermute,
                                   reference.moe_align_block_size, fused_experts=reference_experts.fused_experts)
     if spec.name == "standard":
-        return StandardContract()
-    k = load_kernels()
+        return StandardContract(kernels)
+    k = kernels or load_kernels()
     if spec.name == "customized":
         return CustomizedContract("customized", k.moe_permute, k.moe_unpermute, fused_experts=k.fused_experts)
     if spec.name == "customized_scratch":
@@ -284,10 +288,15 @@ def build(spec: ImplSpec) -> Impl:
     raise ImplError(f"unknown implementation {spec.name!r}; expected one of {', '.join(BUILTIN_IMPLS)}")
 
 
+def specs_of(scenario) -> list[ImplSpec]:
+    """The implementations a scenario names, or every built-in one when it names none."""
+    return list(scenario.impls or [ImplSpec(n) for n in BUILTIN_IMPLS])
+
+
 def for_scenario(scenario) -> list[Impl]:
-    """The scenario's implementations, or every built-in one when it names none."""
+    """The scenario's implementations (specs_of), built."""
     out = []
-    for spec in scenario.impls or [ImplSpec(n) for n in BUILTIN_IMPLS]:
+    for spec in specs_of(scenario):
         try:
             out.append(build(spec))
         except ImplError as e:

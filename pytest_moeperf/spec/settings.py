@@ -97,6 +97,7 @@ class Settings:
     json_path: str | None
     markdown_path: str | None
     plot_dir: str | None
+    against: str | None = None  # --moeperf-against: a git revision or folder to time the current code against
 
     @classmethod
     def from_config(cls, config) -> "Settings":
@@ -122,10 +123,14 @@ class Settings:
                 tune_max_configs=opt("moeperf_tune_max_configs"),
                 cpu_max_batch=DEFAULT_CPU_MAX_BATCH if cpu_max_batch is None else cpu_max_batch,
                 baselines_root=root if root.is_absolute() else Path(config.rootpath) / root,
-                json_path=path("moeperf_json"), markdown_path=path("moeperf_markdown"), plot_dir=path("moeperf_plot"))
+                json_path=path("moeperf_json"), markdown_path=path("moeperf_markdown"), plot_dir=path("moeperf_plot"),
+                against=opt("moeperf_against"))
         if s.inject_slowdown and s.update_baselines:
             raise ValueError("--moeperf-inject-slowdown cannot be used with --update-baselines: an injected slowdown "
                              "must never become a baseline")
+        if s.against is not None and (s.update_baselines or s.tune):
+            raise ValueError("--moeperf-against times the current code against a reference in the same process: "
+                             "there is nothing to record as a baseline or to tune; run those without it")
         if s.tune and (s.update_baselines or s.inject_slowdown):
             raise ValueError("--moeperf-tune runs alone: tune first, then time and record baselines with the tuned "
                              "configs in a second run")

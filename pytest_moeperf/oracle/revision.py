@@ -1,0 +1,140 @@
+"""A reference revision of the repository under test (--moeperf-against REF): its tree materialised in a temporary
+folder (git archive, nothing written to the repository), and its implementations imported beside the current ones in
+the same process under other module names.
+
+Loading twice works for pure Python and Triton: while a package of the reference is imported, sys.modules holds the
+reference's copy under the package's own name (so its absolute imports, `from kernels import tuning`, find the
+reference's modules), and the current modules are put back afterwards; the reference's stay alive under an alias.
+A compiled extension cannot be imported twice in one process, so an implementation that needs one is refused.
+"""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import importlib
+import importlib.machinery
+import inspect
+import io
+import subprocess
+import sys
+import tarfile
+from collections.abc import Callable
+from pathlib import Path
+from types import ModuleType
+
+from pytest_moeperf.oracle import impls
+
+
+class RevisionError(ValueError):
+    pass
+
+
+@dataclasses.dataclass(frozen=True)
+class Revision:
+    ref: str  # what was asked for: a revision of the repository, or a folder
+    commit: str  # the resolved commit ("" for a folder that is no git checkout)
+    root: Path  # the tree
+
+    @property
+    def label(self) -> str:
+        return f"{self.ref} ({self.commit[:10]})" if self.commit else self.ref
+
+
+def _git(repo: Path, *args: str, **kw) -> subprocess.CompletedProcess:
+    return subprocess.run(["git", "-C", str(repo), *args], capture_output=True, **kw)
+
+
+def materialise(ref: str, repo: Path, into: Path) -> Revision:
+    """REF as a tree: a folder is used where it is; a git revision of `repo` is extracted into `into`."""
+    folder = Path(ref).expanduser()
+    if folder.is_dir():
+        head = _git(folder, "rev-parse", "HEAD", text=True)
+        return Revision(ref, head.stdout.strip() if head.returncode == 0 else "", folder.resolve())
+    found = _git(repo, "rev-parse", "--verify", "--quiet", f"{ref}^{{commit}}", text=True)
+    if found.returncode != 0:
+        raise RevisionError(f"--moeperf-against {ref!r}: neither a folder nor a git revision of {repo}")
+    commit = found.stdout.strip()
+    tree = _git(repo, "archive", "--format=tar", commit)
+    if tree.returncode != 0:
+        raise RevisionError(f"--moeperf-against {ref!r}: git archive {commit} failed: "
+                            f"{tree.stderr.decode(errors='replace').strip()[:300]}")
+    into.mkdir(parents=True, exist_ok=True)
+    with tarfile.open(fileobj=io.BytesIO(tree.stdout)) as tar:
+        if hasattr(tarfile, "data_filter"):
+            tar.extractall(into, filter="data")
+        else:  # Python without extraction filters: git archive of a commit holds no links out of the tree
+            tar.extractall(into)
+    return Revision(ref, commit, into.resolve())
+
+
+_loaded: dict[tuple[str, str], ModuleType] = {}
+
+
+def _owned(name: str) -> dict[str, ModuleType]:
+    return {k: m for k, m in sys.modules.items() if k == name or k.startswith(name + ".")}
+
+
+@contextlib.contextmanager
+def _as_current(root: Path, top: str):
+    """Inside: `top` and its submodules import from root, as this revision's; outside, as before."""
+    saved = _owned(top)
+    for key in saved:
+        del sys.modules[key]
+    sys.path.insert(0, str(root))
+    try:
+        yield
+    finally:
+        sys.path.remove(str(root))
+        for key in _owned(top):
+            del sys.modules[key]
+        sys.modules.update(saved)
+        importlib.invalidate_caches()
+
+
+def import_from(revision: Revision, module: str) -> ModuleType:
+    """`module` (dotted) as the revision has it, imported beside the current one; cached per revision."""
+    key = (str(revision.root), module)
+    if key not in _loaded:
+        top = module.partition(".")[0]
+        with _as_current(revision.root, top):
+            loaded = importlib.import_module(module)
+            for name, m in _owned(top).items():  # keep the reference's modules alive under an alias
+                sys.modules[f"moeperf_reference_{abs(hash(key[0])):x}.{name}"] = m
+        origin = Path(getattr(loaded, "__file__", "") or "")
+        if revision.root not in origin.resolve().parents:
+            raise RevisionError(f"--moeperf-against {revision.label}: {module} was not found in that revision "
+                                f"(imported from {origin or 'a built-in'}), so it cannot be compared with it")
+        _loaded[key] = loaded
+    return _loaded[key]
+
+
+def check_loadable_twice(fn: Callable, what: str) -> None:
+    """A callable of a compiled extension (or a builtin) cannot be loaded a second time for the reference."""
+    module = sys.modules.get(getattr(fn, "__module__", None) or "")
+    path = str(getattr(module, "__file__", "") or "")
+    if inspect.isbuiltin(fn) or path.endswith(tuple(importlib.machinery.EXTENSION_SUFFIXES)) or not (
+            inspect.isfunction(fn) or inspect.ismethod(fn) or callable(fn) and path.endswith(".py")):
+        raise RevisionError(f"{what} comes from a compiled extension ({path or 'built-in'}), which cannot be loaded a "
+                            f"second time in one process for --moeperf-against: gate it against stored baselines "
+                            f"instead (--update-baselines on the reference, then a plain run)")
+
+
+def reference_impls(revision: Revision, scenario, current: list) -> dict:
+    """{name: Impl} of the reference revision for the scenario's implementations (the torch oracle aside, which is
+    the plugin's own): built-ins from the revision's kernels package, user implementations from the same provider
+    path in the revision's tree. Raises RevisionError (or impls.ImplError) naming what could not be loaded."""
+    kernels = None
+    out = {}
+    for spec, impl in zip(impls.specs_of(scenario), current):
+        if impl.name == "torch":
+            continue
+        for fn in impl.functions():
+            check_loadable_twice(fn, f"implementation {impl.name!r} ({getattr(fn, '__qualname__', fn)})")
+        where = f"{scenario.path}:{spec.line}: key 'impls'" if spec.line else str(scenario.path)
+        try:
+            if spec.path is None and kernels is None:
+                kernels = import_from(revision, "kernels")
+            out[impl.name] = impls.build(spec, kernels=kernels, import_module=lambda m: import_from(revision, m))
+        except (impls.ImplError, RevisionError, ImportError) as e:
+            raise RevisionError(f"{where}: the reference's {impl.name!r}: {e}") from None
+    return out

@@ -1,0 +1,179 @@
+"""--moeperf-against: the current code timed against a reference revision in the same process (the pull-request
+gate). On the CPU a fake timer stands in for the GPU (tests/test_plugin.py); the loading of a revision is real."""
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from pytest_moeperf.gate import verdict
+from pytest_moeperf.oracle import revision
+from tests.test_plugin import FAKE_TIMER, SMALL, run_timed
+
+REPO = Path(__file__).resolve().parents[1]
+MINE = """
+from kernels import moe_align_block_size, moe_permute, moe_unpermute
+def impls():
+    return {"permute": moe_permute, "unpermute": moe_unpermute, "align": moe_align_block_size}
+"""
+AB = SMALL.replace("impls: [torch, customized, standard]", "impls: ['mine:impls']")
+
+
+def git(path, *args):
+    return subprocess.run(["git", "-C", str(path), "-c", "user.email=t@t", "-c", "user.name=t", *args],
+                          check=True, capture_output=True, text=True).stdout.strip()
+
+
+def repository(path: Path, files: dict) -> str:
+    """A git repository at `path` with these files committed; returns the commit."""
+    git(path, "init", "-q")
+    for name, text in files.items():
+        (path / name).write_text(text)
+    git(path, "add", "-A")
+    git(path, "commit", "-q", "-m", "reference")
+    return git(path, "rev-parse", "HEAD")
+
+
+def test_paired_verdicts_need_the_median_beyond_the_threshold_and_the_interval_beyond_one():
+    same = [10.0 + 0.01 * (i % 7) for i in range(100)]
+    slower = [x * 1.05 for x in same]
+    assert verdict.judge_paired(slower, same, 0.02).kind is verdict.Kind.REGRESSION
+    assert verdict.judge_paired(same, slower, 0.02).kind is verdict.Kind.IMPROVED
+    assert verdict.judge_paired([x * 1.015 for x in same], same, 0.02).kind is verdict.Kind.PASS  # under 2%
+    noisy = [x * (1.03 if i % 2 else 0.99) for i, x in enumerate(same)]  # half the pairs faster: no
+    v = verdict.judge_paired(noisy, same, 0.02)
+    assert v.kind is verdict.Kind.PASS and v.low < 1 < v.high
+    m, low, high = verdict.median_interval(list(range(100)))
+    assert (m, low, high) == (49.5, 40, 59)
+
+
+def test_a_revision_is_extracted_and_its_kernels_load_beside_the_current_ones(tmp_path, device):
+    import kernels
+
+    src = tmp_path / "repo"
+    src.mkdir()
+    shutil.copytree(REPO / "kernels", src / "kernels", ignore=shutil.ignore_patterns("__pycache__"))
+    commit = repository(src, {"README": "x"})
+    rev = revision.materialise("HEAD", src, tmp_path / "ref")
+    assert rev.commit == commit and rev.label == f"HEAD ({commit[:10]})" and (rev.root / "kernels").is_dir()
+    theirs = revision.import_from(rev, "kernels")
+    assert theirs is not kernels and Path(theirs.__file__).parent == rev.root / "kernels"
+    assert sys.modules["kernels"] is kernels  # the current package is back
+    assert theirs.tuning.CONFIG_DIR == rev.root / "kernels" / "configs"  # its own tuned configs
+    hidden = torch.randn(5, 32, device=device).to(torch.bfloat16)
+    ids = torch.randint(0, 4, (5, 2), dtype=torch.int32, device=device)
+    for a, b in zip(kernels.moe_permute(hidden, None, ids, 4), theirs.moe_permute(hidden, None, ids, 4)):
+        if a is not None:
+            assert torch.equal(a, b)
+
+
+def test_a_reference_that_is_neither_a_revision_nor_a_folder_or_lacks_the_module_is_a_clear_error(tmp_path):
+    repository(tmp_path, {"README": "x"})
+    with pytest.raises(revision.RevisionError, match="'no-such-ref': neither a folder nor a git revision"):
+        revision.materialise("no-such-ref", tmp_path, tmp_path / "out")
+    rev = revision.materialise("HEAD", tmp_path, tmp_path / "out")
+    # importable here, but not from the revision's tree: comparing with it would compare the current code with itself
+    with pytest.raises(revision.RevisionError, match="tabulate was not found in that revision"):
+        revision.import_from(rev, "tabulate")
+
+
+def test_a_compiled_implementation_is_refused_with_the_reason():
+    import math
+
+    with pytest.raises(revision.RevisionError, match="compiled extension .* cannot be loaded a second time"):
+        revision.check_loadable_twice(math.sqrt, "implementation 'fast'")
+    revision.check_loadable_twice(test_a_compiled_implementation_is_refused_with_the_reason, "a Python function")
+
+
+def test_the_current_code_is_timed_against_a_revision_and_judged_on_paired_ratios(env):
+    commit = repository(env.path, {"mine.py": MINE, "small.yaml": AB})
+    env.makeconftest(FAKE_TIMER)
+    same = run_timed(env, "-k", "timing", "--moeperf-against", "HEAD", "--moeperf-json", "same.json",
+                     "--moeperf-markdown", "same.md", "--junitxml", "junit.xml")
+    same.assert_outcomes(passed=4)  # permute and align at M = 1 and 3
+    results = json.loads((env.path / "same.json").read_text())["results"]
+    assert {r["verdict"] for r in results} == {"pass"}
+    r = results[0]
+    assert r["reference"]["commit"] == commit and r["reference"]["ref"] == "HEAD"
+    assert r["reference"]["low"] <= r["reference"]["ratio"] <= r["reference"]["high"]
+    assert r["baseline_median_us"] == r["reference"]["median_us"]
+    summary = (env.path / "same.md").read_text()
+    assert f"judged against HEAD ({commit[:10]}) in this process" in summary
+    assert 'name="moeperf_reference_ratio"' in (env.path / "junit.xml").read_text()
+    same.stdout.fnmatch_lines([f"*judged against HEAD ({commit[:10]}) in this process*"])
+    assert not (env.path / "baselines").exists()  # nothing stored, nothing read
+
+    slower = run_timed(env, "-k", "timing", "--moeperf-against", "HEAD", factor="1.1")
+    slower.assert_outcomes(failed=4)
+    slower.stdout.fnmatch_lines([f"*slower than the reference HEAD ({commit[:10]}), confirmed by a second "
+                                 "measurement: regression: median +10.*% vs the reference, 95% interval*"])
+
+
+def test_an_injected_slowdown_slows_the_current_side_only(env):
+    repository(env.path, {"mine.py": MINE, "small.yaml": AB})
+    env.makeconftest(FAKE_TIMER)
+    caught = run_timed(env, "-k", "timing and permute", "--moeperf-against", "HEAD", "--moeperf-inject-slowdown",
+                       "0.05", "--moeperf-json", "o.json")
+    caught.assert_outcomes(failed=2)
+    results = json.loads((env.path / "o.json").read_text())["results"]
+    assert {r["verdict"] for r in results} == {"regression (injected +5%)"}
+    assert all(abs(r["reference"]["median_us"] - 10.0) < 0.2 and r["median_us"] > 10.3 for r in results)
+
+
+def test_a_folder_with_another_checkout_can_be_the_reference(env, tmp_path):
+    other = tmp_path / "other-checkout"
+    other.mkdir()
+    (other / "mine.py").write_text(MINE)
+    env.makefile(".yaml", small=AB)
+    (env.path / "mine.py").write_text(MINE)
+    env.makeconftest(FAKE_TIMER)
+    result = run_timed(env, "-k", "timing and align", "--moeperf-against", str(other), "--moeperf-json", "o.json")
+    result.assert_outcomes(passed=2)
+    assert json.loads((env.path / "o.json").read_text())["results"][0]["reference"]["ref"] == str(other)
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--moeperf-against", "no-such-ref"], "--moeperf-against 'no-such-ref': neither a folder nor a git revision"),
+    (["--moeperf-against", "HEAD", "--update-baselines"], "there is nothing to record as a baseline or to tune"),
+])
+def test_a_reference_that_cannot_be_used_is_a_usage_error(env, args, message):
+    repository(env.path, {"mine.py": MINE, "small.yaml": AB})
+    env.makeconftest(FAKE_TIMER)  # (a conftest also puts the folder, and so mine.py, on sys.path)
+    result = env.runpytest("--moeperf", "small.yaml", *args)
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    assert message in result.stderr.str()
+
+
+def test_a_reference_without_the_implementation_is_a_usage_error(env):
+    repository(env.path, {"README": "x"})  # the reference revision has no mine.py
+    (env.path / "mine.py").write_text(MINE)
+    env.makefile(".yaml", small=AB)
+    env.makeconftest(FAKE_TIMER)
+    result = env.runpytest("--moeperf", "small.yaml", "--moeperf-against", "HEAD")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["*small.yaml:4: key 'impls': the reference's 'mine:impls': *mine was not found in "
+                                 "that revision*"])
+    assert "INTERNALERROR" not in result.stdout.str() + result.stderr.str()
+
+
+def test_xdist_workers_use_the_revision_the_controller_extracted(env):
+    repository(env.path, {"mine.py": MINE, "small.yaml": AB})
+    env.makeconftest(FAKE_TIMER)
+    result = env.runpytest_subprocess("--moeperf", "small.yaml", "-n", "2", "-k", "timing", "--moeperf-against",
+                                      "HEAD", "--moeperf-json", "o.json")
+    result.assert_outcomes(passed=4)
+    assert all(r["reference"]["ref"] == "HEAD" for r in json.loads((env.path / "o.json").read_text())["results"])
+
+
+def test_the_built_in_kernels_are_compared_with_the_revisions_kernels(env):
+    shutil.copytree(REPO / "kernels", env.path / "kernels", ignore=shutil.ignore_patterns("__pycache__"))
+    repository(env.path, {"small.yaml": SMALL})
+    env.makeconftest(FAKE_TIMER)
+    result = run_timed(env, "-k", "timing", "--moeperf-against", "HEAD", "-rs", "--moeperf-json", "o.json")
+    result.assert_outcomes(passed=6, skipped=4)  # the torch oracle is the plugin's own: nothing to compare
+    result.stdout.fnmatch_lines(["*HEAD (*) has no permute of 'torch' to compare with*"])
+    impls = {r["impl"] for r in json.loads((env.path / "o.json").read_text())["results"]}
+    assert impls == {"customized", "standard"}
