@@ -82,12 +82,19 @@ def assert_align_matches(got, want, topk_ids, block_size: int, num_experts: int,
     assert_equal("sorted_token_ids tail", g_sorted[start:], w_sorted[start:])
 
 
-def assert_permute_matches(got, want, hidden_states, a1q_scale, topk_ids, local_of_route) -> None:
-    """moe_permute outputs. local_of_route: each route's local expert, -1 where dropped (reference helper)."""
-    g_perm, g_scale, g_offs, g_inv, g_m = got
+def assert_permute_matches(got, want, hidden_states, a1q_scale, topk_ids, local_of_route, fifth: str = "m_indices",
+                           any_order: bool = False) -> None:
+    """moe_permute outputs. local_of_route: each route's local expert, -1 where dropped (reference helper).
+
+    fifth: what the 5th output is, "m_indices" (the legacy vintage: each row's local expert) or "permuted_idx" (the
+    current one: the route that owns each row, R for rows no route owns). any_order: rows inside an expert may come
+    in any order (atomics-based counting sorts): each expert's rows then hold its routes as a set, every route a row
+    of its own, and the rows and scales are checked where the implementation put them."""
+    g_perm, g_scale, g_offs, g_inv, g_fifth = got
     w_perm, w_scale, w_offs, w_inv, w_m = want
     assert_equal("expert_first_token_offset", g_offs, w_offs)
-    assert_equal("m_indices", g_m, w_m)
+    if fifth == "m_indices":
+        assert_equal("m_indices", g_fifth, w_m)
     if tuple(g_perm.shape) != tuple(w_perm.shape) or g_perm.dtype != w_perm.dtype:
         raise AssertionError(f"permuted_hidden_states: {tuple(g_perm.shape)} {g_perm.dtype}, expected "
                              f"{tuple(w_perm.shape)} {w_perm.dtype}")
@@ -95,7 +102,10 @@ def assert_permute_matches(got, want, hidden_states, a1q_scale, topk_ids, local_
     assert_equal("inv_permuted_idx shape/dtype", torch.zeros(g_inv.shape, dtype=g_inv.dtype),
                  torch.zeros(w_inv.shape, dtype=w_inv.dtype))
     local = local_of_route.to(g_inv.device) >= 0
-    assert_equal("inv_permuted_idx of local routes", g_inv[local], w_inv[local])
+    if any_order:
+        _assert_rows_per_expert(g_inv, w_inv, local, w_offs)
+    else:
+        assert_equal("inv_permuted_idx of local routes", g_inv[local], w_inv[local])
     V, P = int(w_offs[-1]), w_perm.shape[0]
     dropped = g_inv[~local].long()
     if dropped.numel():
@@ -104,7 +114,9 @@ def assert_permute_matches(got, want, hidden_states, a1q_scale, topk_ids, local_
                                  f"{dropped[(dropped < V) | (dropped >= P)][:8].tolist()}")
         if torch.unique(dropped).numel() != dropped.numel():
             raise AssertionError("inv_permuted_idx gives two dropped routes the same row")
-    rows = w_inv[local].long()
+    rows = g_inv[local].long()  # where this implementation put each local route (checked against the reference)
+    if fifth == "permuted_idx":
+        _assert_permuted_idx(g_fifth, g_inv, local, V, P)
     tokens = torch.nonzero(local).flatten() // topk_ids.shape[1]
     assert_equal("permuted_hidden_states rows of local routes", _bits(g_perm)[rows],
                  _bits(hidden_states.to(g_perm.device))[tokens])
@@ -115,3 +127,38 @@ def assert_permute_matches(got, want, hidden_states, a1q_scale, topk_ids, local_
     if tuple(g_scale.shape) != (P, a1q_scale.shape[1]):
         raise AssertionError(f"a1q_scale: shape {tuple(g_scale.shape)}, expected {(P, a1q_scale.shape[1])}")
     assert_equal("a1q_scale rows of local routes", g_scale[rows], a1q_scale.to(g_scale.device)[tokens])
+
+
+def _assert_rows_per_expert(g_inv, w_inv, local, offsets) -> None:
+    """Each local route's row lies in its expert's region (the reference's row tells which), and no two share one."""
+    g_rows, w_rows = g_inv[local].long(), w_inv[local].long()
+    bounds = offsets.to(g_rows.device).long()
+    expert = torch.searchsorted(bounds, w_rows, right=True) - 1  # the region each reference row lies in
+    inside = (g_rows >= bounds[expert]) & (g_rows < bounds[expert + 1])
+    if not inside.all():
+        bad = torch.nonzero(~inside).flatten()[:8].tolist()
+        raise AssertionError(f"inv_permuted_idx of local routes (any order inside an expert): routes at {bad} have "
+                             f"rows outside their expert's region")
+    if torch.unique(g_rows).numel() != g_rows.numel():
+        raise AssertionError("inv_permuted_idx of local routes (any order inside an expert): two routes share a row")
+
+
+def _assert_permuted_idx(permuted_idx, inv, local, V: int, P: int) -> None:
+    """The current vintage's 5th output: the route that owns each row, R for rows no route owns."""
+    R = inv.numel()
+    permuted_idx = permuted_idx.to(inv.device).long()
+    if tuple(permuted_idx.shape) != (P,):
+        raise AssertionError(f"permuted_idx: shape {tuple(permuted_idx.shape)}, expected ({P},) (one per row)")
+    want = torch.full((P,), R, dtype=torch.long, device=inv.device)
+    routes = torch.arange(R, device=inv.device)
+    want[inv[local].long()] = routes[local]
+    owned_by_dropped = inv[~local].long()
+    valid = permuted_idx[:V] == want[:V]
+    if not valid.all():
+        bad = torch.nonzero(~valid).flatten()[:8].tolist()
+        raise AssertionError(f"permuted_idx: rows {bad} do not name the route that owns them (or R={R})")
+    tail = permuted_idx[V:]
+    allowed = torch.full((P,), R, dtype=torch.long, device=inv.device)
+    allowed[owned_by_dropped] = routes[~local]
+    if not ((tail == R) | (tail == allowed[V:])).all():
+        raise AssertionError(f"permuted_idx: rows from V={V} on must hold R={R} or the dropped route whose row it is")

@@ -114,8 +114,10 @@ class CustomizedContract(Impl):
     """vLLM's customized signatures: moe_permute / moe_unpermute, plus moe_align_block_size."""
 
     def __init__(self, name, permute=None, unpermute=None, align=None, *, fused_experts=None, scratch=False,
-                 align_any_order=False, kernels=None):
+                 align_any_order=False, kernels=None, contract="vllm-legacy", permute_order="stable"):
         self.name = name
+        self.contract = contract  # which vintage of vLLM's moe_permute the permute has (spec.scenario.CONTRACTS)
+        self.permute_order = permute_order  # "any": rows inside an expert may come in any order
         self.kernels = kernels  # the kernels package whose MoEPermuteScratch a scratch run uses (None: the current)
         self.fns = {"permute": permute, "unpermute": unpermute, "align": align, "fused_experts": fused_experts}
         self.ops = tuple(op for op, fn in self.fns.items() if fn is not None)
@@ -139,10 +141,20 @@ class CustomizedContract(Impl):
                                                                     p.H, p.hidden.dtype, p.align))
         return self._last_scratch[1]
 
+    @property
+    def aligns(self) -> bool:
+        """Whether its permute takes align_block_size (the legacy vintage); the current one never aligns rows."""
+        return self.contract == "vllm-legacy"
+
+    def _permute(self, p: Problem, **kw):
+        """Its permute called for problem p as its contract's vintage calls it."""
+        if self.aligns:
+            return self.fns["permute"](p.hidden, p.scale, p.topk_ids, p.E, p.n_local, p.expert_map, p.align, **kw)
+        return self.fns["permute"](p.hidden, p.scale, p.topk_ids, p.E, p.n_local, p.expert_map, **kw)
+
     def _permute_call(self, p: Problem):
         kw = {"scratch": self._scratch_for(p)} if self.scratch else {}
-        return lambda: self.fns["permute"](p.hidden, p.scale, p.topk_ids, p.E, p.n_local, p.expert_map, p.align,
-                                           **kw)
+        return lambda: self._permute(p, **kw)
 
     def _unpermute_inputs(self, p: Problem):
         permuted, _, offsets, inv, _ = reference.moe_permute(p.hidden, p.scale, p.topk_ids, p.E, p.n_local,
@@ -177,9 +189,12 @@ class CustomizedContract(Impl):
         return lambda: self.fns["align"](p.topk_ids, p.block_size, p.E, p.expert_map)
 
     def _check_permute(self, p, got):
-        want = reference.moe_permute(p.hidden, p.scale, p.topk_ids, p.E, p.n_local, p.expert_map, p.align)
+        want = reference.moe_permute(p.hidden, p.scale, p.topk_ids, p.E, p.n_local, p.expert_map,
+                                     p.align if self.aligns else None)
         compare.assert_permute_matches(got, want, p.hidden, p.scale, p.topk_ids,
-                                       reference.local_expert_of_routes(p.topk_ids, p.E, p.expert_map))
+                                       reference.local_expert_of_routes(p.topk_ids, p.E, p.expert_map),
+                                       fifth="m_indices" if self.aligns else "permuted_idx",
+                                       any_order=self.permute_order == "any")
 
     def _check_unpermute(self, p: Problem) -> None:
         rows, inv, offsets = self._unpermute_inputs(p)
@@ -188,8 +203,11 @@ class CustomizedContract(Impl):
         reference.moe_unpermute(want, rows, p.topk_weights, inv, offsets)
         compare.assert_close("unpermute (read from out)", got, want)
         # End to end with this implementation's own permute where it has one.
-        permute = self.fns["permute"] or reference.moe_permute
-        permuted, _, offsets, inv, _ = permute(p.hidden, p.scale, p.topk_ids, p.E, p.n_local, p.expert_map, p.align)
+        if self.fns["permute"] is not None:
+            permuted, _, offsets, inv, _ = self._permute(p)
+        else:
+            permuted, _, offsets, inv, _ = reference.moe_permute(p.hidden, p.scale, p.topk_ids, p.E, p.n_local,
+                                                                 p.expert_map, p.align)
         out = self._unpermuted(p, permuted.to(p.out_dtype), inv, offsets)
         compare.assert_close("permute -> identity expert -> unpermute", out, _expected_round_trip(p))
 
@@ -264,10 +282,25 @@ def _user_impl(spec: ImplSpec, import_module: Callable[[str], object]) -> Impl:
     if not isinstance(fns, dict) or not fns or set(fns) - set(OPS) or not all(callable(f) for f in fns.values()):
         raise ImplError(f"implementation {spec.name!r}: {spec.path}() must return a dict mapping some of "
                         f"{', '.join(map(repr, OPS))} to callables, got {fns!r}")
+    contract = spec.contract or contract_of(fns.get("permute"))
     impl = CustomizedContract(spec.name, fns.get("permute"), fns.get("unpermute"), fns.get("align"),
-                              fused_experts=fns.get("fused_experts"), align_any_order=True)
+                              fused_experts=fns.get("fused_experts"), align_any_order=True, contract=contract,
+                              permute_order=spec.permute_order)
     impl.provider = provider
     return impl
+
+
+def contract_of(permute) -> str:
+    """The vintage of vLLM's moe_permute a function has, read from its signature: the legacy one takes
+    align_block_size; the current one does not (and a function whose signature cannot be read is taken as legacy,
+    the vintage this project's kernels have)."""
+    if permute is None:
+        return "vllm-legacy"
+    try:
+        names = inspect.signature(permute).parameters
+    except (TypeError, ValueError):
+        return "vllm-legacy"
+    return "vllm-legacy" if "align_block_size" in names else "vllm"
 
 
 def build(spec: ImplSpec, kernels=None, import_module: Callable[[str], object] = importlib.import_module) -> Impl:

@@ -15,6 +15,10 @@ DTYPES = ("bf16", "fp16", "auto", "fp8_w8a8", "int8_w8a16")
 OPS = ("permute", "unpermute", "align", "fused_experts")
 DEFAULT_OPS = ("permute", "unpermute", "align")  # a scenario without `ops`: the routing kernels
 BUILTIN_IMPLS = ("torch", "standard", "customized", "customized_scratch")
+# vLLM's moe_permute as it is now ("vllm": no align_block_size / fill_invalid_expert, a permuted_idx as 5th output)
+# and as it was ("vllm-legacy": both arguments, m_indices); docs/contract.md sections 1.3 and 1.3b.
+CONTRACTS = ("vllm", "vllm-legacy")
+PERMUTE_ORDERS = ("stable", "any")
 VLLM_BATCH_SIZES = (1, 2, 4, 8, 16, 24, 32, 48, 64, 96, 128, 256, 512, 1024, 1536, 2048, 3072, 4096)
 DEFAULT_ALIGN_OP_BLOCK = 64  # block size of the `align` op when the scenario sets no align_block_size
 
@@ -52,6 +56,8 @@ class ImplSpec:
     name: str
     path: str | None = None  # "package.module:function" for a user implementation
     line: int | None = dataclasses.field(default=None, compare=False)  # where the scenario names it
+    contract: str | None = None  # CONTRACTS; None: read from the permute's signature
+    permute_order: str = "stable"  # PERMUTE_ORDERS: "any" compares the rows inside an expert as a set
 
 
 @dataclasses.dataclass(frozen=True)
@@ -283,12 +289,16 @@ def _impls(r: _Reader, node) -> tuple[ImplSpec, ...]:
     out = []
     for item in r.sequence(node, "impls"):
         if isinstance(item, yaml.MappingNode):
-            given = r.mapping(item, "impls[]", {"name", "path"})
-            if set(given) != {"name", "path"}:
+            given = r.mapping(item, "impls[]", {"name", "path", "contract", "permute_order"})
+            if not {"name", "path"} <= set(given):
                 raise r.error(item, "impls[]", "a user implementation needs 'name' and 'path' "
                                                "('package.module:function')")
             spec = ImplSpec(r.string(given["name"], "impls[].name"), r.string(given["path"], "impls[].path"),
-                            item.start_mark.line + 1)
+                            item.start_mark.line + 1,
+                            r.string(given["contract"], "impls[].contract", CONTRACTS) if "contract" in given
+                            else None,
+                            r.string(given["permute_order"], "impls[].permute_order", PERMUTE_ORDERS)
+                            if "permute_order" in given else "stable")
             if ":" not in spec.path:
                 raise r.error(given["path"], "impls[].path",
                               f"{_quote(spec.path)} must look like 'package.module:function'")
