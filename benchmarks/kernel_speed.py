@@ -31,7 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from kernels import tuning  # noqa: E402
 from pytest_moeperf.inputs import problem
 from pytest_moeperf.measure import timing
-from pytest_moeperf.oracle import impls
+from pytest_moeperf.oracle import impls, registry
 from pytest_moeperf.spec import scenario  # noqa: E402
 
 DEFAULT_SCENARIOS = ("scenarios/mixtral.yaml", "scenarios/deepseek-v3.yaml")
@@ -132,7 +132,7 @@ def main(argv=None) -> int:
     ceiling = timing.copy_ceiling_gbps(device)
     batches = None if args.batch_sizes == "scenario" else [int(b) for b in args.batch_sizes.split(",")]
     wanted_ops = args.ops.split(",")
-    built = {name: impls.build(scenario.ImplSpec(name)) for name in args.impls.split(",")}
+    built = {name: impls.build(scenario.ImplSpec(name), registry.builtin()) for name in args.impls.split(",")}
     rows, jobs = [], []
     for path in args.scenarios:
         sc = scenario.load(path)

@@ -23,6 +23,19 @@ INI = (
 )
 
 
+def pytest_addhooks(pluginmanager):
+    from pytest_moeperf import hookspecs
+
+    pluginmanager.add_hookspecs(hookspecs)
+
+
+def pytest_moeperf_register_impls(registry):
+    """The built-ins, through the hook every other implementation uses."""
+    from pytest_moeperf.oracle.registry import add_builtins
+
+    add_builtins(registry)
+
+
 def pytest_addoption(parser):
     group = parser.getgroup("moeperf", "MoE kernel correctness and timing gates")
     group.addoption("--moeperf", nargs="+", metavar="PATH", default=None,

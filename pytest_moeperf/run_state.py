@@ -37,6 +37,7 @@ class MoePerfRun:
         self.pinned_gpu = pinned_gpu  # the GPU this xdist worker was given
         self.timer = timing.CudaTimer() if device == "cuda" else None  # None: timing tests are skipped
         self._store = None
+        self.registry = None  # the implementations registered for this run (oracle/registry.py)
         self.reference = None  # --moeperf-against: the Revision
         self.reference_impls: dict = {}  # resolved scenario path -> {impl name: the reference's Impl}
         self._reference_tmp = None  # the folder the reference was extracted into (removed at the end)
@@ -46,12 +47,18 @@ class MoePerfRun:
         """Read and check the settings, every scenario and implementation up front; any problem is one usage
         error."""
         from pytest_moeperf.oracle import impls
+        from pytest_moeperf.oracle.registry import Registry
         from pytest_moeperf.report import plots
         from pytest_moeperf.spec import scenario
 
         try:
             settings = Settings.from_config(config)
         except ValueError as e:
+            raise pytest.UsageError(str(e)) from None
+        registry = Registry()
+        try:
+            config.hook.pytest_moeperf_register_impls(registry=registry)
+        except ValueError as e:  # a bad registration: the message names the hook
             raise pytest.UsageError(str(e)) from None
         entries, names = {}, {}
         try:
@@ -62,12 +69,13 @@ class MoePerfRun:
                         f, None, "name", f"scenario name {s.name!r} is also used by {names[s.name.lower()]} "
                                          f"(baseline files are named after it)")
                 names[s.name.lower()] = f
-                entries[f.resolve()] = (s, impls.for_scenario(s))
+                entries[f.resolve()] = (s, impls.for_scenario(s, registry))
         except (scenario.ScenarioError, impls.ImplError) as e:
             raise pytest.UsageError(str(e)) from None
         if settings.plot_dir and not plots.available():
             raise pytest.UsageError(plots.INSTALL_HINT)
         run = cls(config, settings, entries, device, pinned_gpu)
+        run.registry = registry
         if settings.against is not None:
             run._load_reference()
         return run
@@ -86,7 +94,8 @@ class MoePerfRun:
                 self.reference = revision.materialise(self.settings.against, Path(self.config.rootpath),
                                                       self._reference_tmp)
             for path, (scenario, built) in self.entries.items():
-                self.reference_impls[path] = revision.reference_impls(self.reference, scenario, built)
+                self.reference_impls[path] = revision.reference_impls(self.reference, scenario, built,
+                                                                      self.registry)
         except (revision.RevisionError, impls.ImplError) as e:
             self.remove_reference()
             raise pytest.UsageError(str(e)) from None

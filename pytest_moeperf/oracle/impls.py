@@ -21,7 +21,9 @@ import torch
 from pytest_moeperf.inputs import experts
 from pytest_moeperf.inputs.problem import Problem
 from pytest_moeperf.oracle import compare, reference, reference_experts
-from pytest_moeperf.spec.scenario import BUILTIN_IMPLS, OPS, ImplSpec
+from pytest_moeperf.oracle.registry import Registered, Registry
+from pytest_moeperf.oracle.registry import builtin as builtin_registry
+from pytest_moeperf.spec.scenario import OPS, ImplSpec
 
 
 class ImplError(ValueError):
@@ -215,12 +217,11 @@ class CustomizedContract(Impl):
 class StandardContract(Impl):
     """vLLM's standard Python path: _moe_permute / _moe_unpermute_and_reduce, and the Triton align kernel."""
 
-    name = "standard"
     ops = ("permute", "unpermute", "align")
 
-    def __init__(self, kernels=None):
-        k = kernels or load_kernels()
-        self.permute, self.reduce, self.align = k._moe_permute, k._moe_unpermute_and_reduce, k.moe_align_block_size
+    def __init__(self, fns: dict, name: str = "standard"):
+        self.name = name
+        self.permute, self.reduce, self.align = fns["permute"], fns["unpermute"], fns["align"]
 
     def functions(self):
         return [self.permute, self.reduce, self.align]
@@ -303,35 +304,52 @@ def contract_of(permute) -> str:
     return "vllm-legacy" if "align_block_size" in names else "vllm"
 
 
-def build(spec: ImplSpec, kernels=None, import_module: Callable[[str], object] = importlib.import_module) -> Impl:
-    """The implementation `spec` names; with `kernels` (a kernels package) and `import_module`, as another revision
-    of the repository has it (oracle/revision.py)."""
+def from_entry(entry: Registered, kernels=None, provider: Callable | None = None) -> Impl:
+    """A registered implementation, its callables from its provider (or `provider`, another revision's), its
+    built-in callables from `kernels` (None: this checkout's)."""
+    provider = provider or entry.provider
+    try:
+        fns = provider(kernels or load_kernels()) if entry.needs_kernels else provider()
+    except (Exception, SystemExit) as e:  # a third party's provider: report whatever it raised
+        raise ImplError(f"implementation {entry.name!r}: its provider raised {type(e).__name__}: {str(e)[:300]}") \
+            from None
+    if not isinstance(fns, dict) or not fns or set(fns) - set(OPS) or not all(callable(f) for f in fns.values()):
+        raise ImplError(f"implementation {entry.name!r}: its provider must return a dict mapping some of "
+                        f"{', '.join(map(repr, OPS))} to callables, got {fns!r}")
+    if entry.kind == "standard":
+        return StandardContract(fns, entry.name)
+    return CustomizedContract(entry.name, fns.get("permute"), fns.get("unpermute"), fns.get("align"),
+                              fused_experts=fns.get("fused_experts"), scratch=entry.scratch,
+                              align_any_order=entry.align_any_order, kernels=kernels,
+                              contract=entry.contract or contract_of(fns.get("permute")),
+                              permute_order=entry.permute_order)
+
+
+def build(spec: ImplSpec, registry: Registry, kernels=None,
+          import_module: Callable[[str], object] = importlib.import_module) -> Impl:
+    """The implementation `spec` names: a registered one, or a provider path; with `kernels` (a kernels package) and
+    `import_module`, as another revision of the repository has it (oracle/revision.py)."""
     if spec.path is not None:
         return _user_impl(spec, import_module)
-    if spec.name == "torch":
-        return CustomizedContract("torch", reference.moe_permute, reference.moe_unpermute,
-                                  reference.moe_align_block_size, fused_experts=reference_experts.fused_experts)
-    if spec.name == "standard":
-        return StandardContract(kernels)
-    k = kernels or load_kernels()
-    if spec.name == "customized":
-        return CustomizedContract("customized", k.moe_permute, k.moe_unpermute, fused_experts=k.fused_experts)
-    if spec.name == "customized_scratch":
-        return CustomizedContract("customized_scratch", k.moe_permute, scratch=True)
-    raise ImplError(f"unknown implementation {spec.name!r}; expected one of {', '.join(BUILTIN_IMPLS)}")
+    entry = registry.get(spec.name)
+    if entry is None:
+        raise ImplError(f"unknown implementation {spec.name!r}; registered: {', '.join(registry.names())} (or give "
+                        f"'package.module:function')")
+    return from_entry(entry, kernels)
 
 
-def specs_of(scenario) -> list[ImplSpec]:
-    """The implementations a scenario names, or every built-in one when it names none."""
-    return list(scenario.impls or [ImplSpec(n) for n in BUILTIN_IMPLS])
+def specs_of(scenario, registry: Registry) -> list[ImplSpec]:
+    """The implementations a scenario names, or every registered one when it names none."""
+    return list(scenario.impls or [ImplSpec(n) for n in registry.names()])
 
 
-def for_scenario(scenario) -> list[Impl]:
-    """The scenario's implementations (specs_of), built."""
+def for_scenario(scenario, registry: Registry | None = None) -> list[Impl]:
+    """The scenario's implementations (specs_of), built; without a registry, the built-ins'."""
+    registry = registry or builtin_registry()
     out = []
-    for spec in specs_of(scenario):
+    for spec in specs_of(scenario, registry):
         try:
-            out.append(build(spec))
+            out.append(build(spec, registry))
         except ImplError as e:
             where = f"{scenario.path}:{spec.line}: key 'impls'" if spec.line else str(scenario.path)
             raise ImplError(f"{where}: {e}") from None

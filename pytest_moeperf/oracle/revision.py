@@ -108,6 +108,18 @@ def import_from(revision: Revision, module: str) -> ModuleType:
     return _loaded[key]
 
 
+def _provider_in(revision: Revision, provider: Callable) -> Callable:
+    """The function of the same module and name in the revision (a lambda or a nested function has none)."""
+    name = getattr(provider, "__qualname__", "")
+    if not name or "<" in name or "." in name:
+        raise RevisionError(f"its provider {name or provider!r} is not a module-level function, so the revision's "
+                            f"version of it cannot be found")
+    found = getattr(import_from(revision, provider.__module__), name, None)
+    if found is None:
+        raise RevisionError(f"{provider.__module__}.{name} does not exist in that revision")
+    return found
+
+
 def check_loadable_twice(fn: Callable, what: str) -> None:
     """A callable of a compiled extension (or a builtin) cannot be loaded a second time for the reference."""
     module = sys.modules.get(getattr(fn, "__module__", None) or "")
@@ -118,22 +130,27 @@ def check_loadable_twice(fn: Callable, what: str) -> None:
                             f"instead (--update-baselines on the reference, then a plain run)")
 
 
-def reference_impls(revision: Revision, scenario, current: list) -> dict:
+def reference_impls(revision: Revision, scenario, current: list, registry) -> dict:
     """{name: Impl} of the reference revision for the scenario's implementations (the torch oracle aside, which is
     the plugin's own): built-ins from the revision's kernels package, user implementations from the same provider
     path in the revision's tree. Raises RevisionError (or impls.ImplError) naming what could not be loaded."""
     kernels = None
     out = {}
-    for spec, impl in zip(impls.specs_of(scenario), current):
+    for spec, impl in zip(impls.specs_of(scenario, registry), current):
         if impl.name == "torch":
             continue
         for fn in impl.functions():
             check_loadable_twice(fn, f"implementation {impl.name!r} ({getattr(fn, '__qualname__', fn)})")
         where = f"{scenario.path}:{spec.line}: key 'impls'" if spec.line else str(scenario.path)
         try:
-            if spec.path is None and kernels is None:
-                kernels = import_from(revision, "kernels")
-            out[impl.name] = impls.build(spec, kernels=kernels, import_module=lambda m: import_from(revision, m))
+            entry = registry.get(spec.name) if spec.path is None else None
+            if spec.path is not None:
+                out[impl.name] = impls.build(spec, registry, import_module=lambda m: import_from(revision, m))
+            elif entry.needs_kernels:  # the project's own: from the revision's kernels package
+                kernels = kernels or import_from(revision, "kernels")
+                out[impl.name] = impls.from_entry(entry, kernels)
+            else:  # registered by a third party: the same provider, as the revision's tree has it
+                out[impl.name] = impls.from_entry(entry, provider=_provider_in(revision, entry.provider))
         except (impls.ImplError, RevisionError, ImportError) as e:
             raise RevisionError(f"{where}: the reference's {impl.name!r}: {e}") from None
     return out
