@@ -5,8 +5,8 @@ timer with warm and cold L2, with kernel launches per call counted by the PyTorc
         [--l2 warm,cold] [--impls customized,customized_scratch,standard,torch] [--ops ...] [--dtypes ...]
         [--markdown F] [--json F] [--compare-default] [--batch-sizes scenario]
 
-GPU only. Per row: median us, GB/s (contract section 3 payload bytes over the median), % of the device-copy ceiling measured in
-the same process, launches per call (kernels, memsets and copies the profiler saw during one eager call) and
+GPU only. Per row: median us, GB/s (contract section 3 payload bytes over the median), % of the device-copy ceiling
+measured in the same process, launches per call (kernels, memsets and copies the profiler saw during one eager call) and
 their summed duration ("kernel us": the median minus it is launch overhead and gaps).
 Correctness is checked against the torch reference before a row is timed; a failing row is reported, not timed.
 Rows use the tuned launch configs of kernels/configs/ where there are some; --compare-default also says whether a

@@ -24,7 +24,7 @@ def small_problem(tmp_path, device):
     return problem.build(scenario.load(path), "bf16", 3, device)
 
 
-# --- 1. unpermute is checked through `out` -------------------------------------------------------------------------
+# --- 1. unpermute is checked through `out` ----------------------------------------------------------------------------
 def _vllm_style_unpermute(out, permuted, weights, inv, offsets=None):
     kernels.moe_unpermute(out, permuted, weights, inv, offsets)  # writes out, returns None, as vLLM's does
 
@@ -50,7 +50,7 @@ def test_an_unpermute_that_returns_a_correct_copy_but_never_writes_out_fails(sma
         impl.check("unpermute", small_problem)
 
 
-# --- 2. options and ini values are checked like the YAML keys --------------------------------------------------------
+# --- 2. options and ini values are checked like the YAML keys ---------------------------------------------------------
 
 
 @pytest.mark.parametrize("args, message", [
@@ -90,7 +90,7 @@ def test_a_threshold_from_the_command_line_overrides_the_ini_and_the_scenario(en
               factor="1.5").assert_outcomes(failed=3)
 
 
-# --- 3. a scenario name is a plain file name, and writes stay inside the baselines folder ----------------------------
+# --- 3. a scenario name is a plain file name, and writes stay inside the baselines folder -----------------------------
 @pytest.mark.parametrize("name", ["/tmp/x/abs", "../../escaped", "a/b", '""', "'\\0x'", "'a\\nb'", "x" * 300,
                                   "./same", ".hidden", "-dash"])
 def test_a_scenario_name_that_is_no_plain_file_name_is_refused_at_load(env, name):
@@ -126,7 +126,7 @@ def test_baseline_paths_never_leave_their_folder(tmp_path):
             baselines.path_for(tmp_path, gpu, name)
 
 
-# --- 4. a failed baseline write costs no report, and concurrent writers keep every entry -----------------------------
+# --- 4. a failed baseline write costs no report, and concurrent writers keep every entry ------------------------------
 @pytest.mark.parametrize("breakage", ["file-where-the-gpu-folder-goes", "read-only-folder"])
 def test_a_failed_baseline_write_still_writes_the_reports_and_fails_clearly(env, breakage):
     import os
@@ -231,7 +231,7 @@ def test_a_deeply_nested_baseline_file_is_a_clear_error(tmp_path):
         baselines.load(path)
 
 
-# --- 6. an implementation module that fails at import or in its provider is a usage error naming the line ------------
+# --- 6. an implementation module that fails at import or in its provider is a usage error naming the line -------------
 @pytest.mark.parametrize("source, words", [
     ("raise RuntimeError('broken at import')\n", "cannot import 'mine:impls': RuntimeError: broken at import"),
     ("def impls(:\n", "cannot import 'mine:impls': SyntaxError"),
@@ -247,7 +247,7 @@ def test_a_broken_implementation_module_is_a_usage_error(env, source, words):
     assert "INTERNALERROR" not in result.stdout.str() + result.stderr.str()
 
 
-# --- 7. YAML errors quote little, and alias bombs are refused -----------------------------------------------------------
+# --- 7. YAML errors quote little, and alias bombs are refused ---------------------------------------------------------
 BOMB = """a: &a ["x","x","x","x","x","x","x","x","x"]
 b: &b [*a,*a,*a,*a,*a,*a,*a,*a,*a]
 c: &c [*b,*b,*b,*b,*b,*b,*b,*b,*b]
@@ -280,7 +280,7 @@ def test_a_long_bad_value_is_quoted_short(tmp_path):
     assert "key 'seed': must be an integer, got [123456789, 123456789" in str(e.value) and len(str(e.value)) < 400
 
 
-# --- 8. a config.json with topk > experts is the same usage error as the shape form ----------------------------------
+# --- 8. a config.json with topk > experts is the same usage error as the shape form -----------------------------------
 def test_a_config_json_with_more_picks_than_experts_is_refused_like_the_shape_form(tmp_path):
     import json
 
@@ -295,7 +295,7 @@ def test_a_config_json_with_more_picks_than_experts_is_refused_like_the_shape_fo
         scenario.load(tmp_path / "shape.yaml")
 
 
-# --- 10. --update-baselines that writes nothing says why ------------------------------------------------------------------
+# --- 10. --update-baselines that writes nothing says why --------------------------------------------------------------
 @pytest.mark.skipif(torch.cuda.is_available(), reason="on a GPU the timing tests run and write baselines")
 def test_update_baselines_without_a_gpu_says_it_wrote_nothing_and_why(env):
     env.makefile(".yaml", small=PLUGIN_SMALL)

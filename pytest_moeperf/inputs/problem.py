@@ -90,9 +90,9 @@ def build(scenario: Scenario, dtype: str, M: int, device, input_set: int = 0) ->
 
 
 def moved_bytes(op: str, p: Problem) -> tuple[int, int]:
-    """(payload bytes, extra bytes) one call moves at least: contract section 3, M*H*b read + one row written per local route
-    for permute (the reverse for unpermute); extra = scales and index bytes. fused_experts: the weights of the
-    experts its local routes touch (read once), the activations in and out as extra."""
+    """(payload bytes, extra bytes) one call moves at least (contract section 3): M*H*b read + one row written per
+    local route for permute (the reverse for unpermute); extra = scales and index bytes. fused_experts: the weights
+    of the experts its local routes touch (read once), the activations in and out as extra."""
     if op == "fused_experts":
         H = experts.weights_for(p).H
         return experts.touched_weight_bytes(p), 2 * p.M * H * p.activations.element_size()

@@ -119,8 +119,8 @@ def capture(calls: list[Callable[[], object]], timing: Timing) -> Captured:
 
 
 def measure(calls: list[Callable[[], object]], timing: Timing) -> Measurement:
-    """Time `calls` (one per input set, rotated) per contract section 3: each was already run once eagerly by the caller. Each
-    sample is one replay's event time divided by the calls in it, in microseconds."""
+    """Time `calls` (one per input set, rotated) per contract section 3: each was already run once eagerly by the
+    caller. Each sample is one replay's event time divided by the calls in it, in microseconds."""
     c = capture(calls, timing)
     return Measurement(_time_replays(c.run, c.calls, timing), c.mode, c.calls, c.sets, c.note)
 
@@ -167,8 +167,8 @@ def best_copy_us(copy: Callable[[], object], tries: int | None = None, spin_up_s
 
 
 def copy_ceiling_gbps(device) -> float:
-    """What a kernel can move (docs/contract.md section 3): CEILING_METHOD, measured once per process and device, in GB/s of bytes read
-    plus bytes written.
+    """What a kernel can move (docs/contract.md section 3): CEILING_METHOD, measured once per process and device, in
+    GB/s of bytes read plus bytes written.
 
     A memcpy captured in a CUDA graph runs on the copy engines, which are much slower (2.71 TB/s on an H200 where
     this moves 4.2): against it every kernel looked ~1.55x closer to the limit than it is.

@@ -1,4 +1,4 @@
-"""PyTorch reference of every operation in docs/contract.md section 1: the oracle other implementations are checked against.
+"""PyTorch reference of every operation of docs/contract.md section 1: the oracle implementations are checked against.
 
 Written to be read, not to be fast: plain sorts, gathers and loops over experts, on the inputs' device. Same names
 and argument order as vLLM's fused-MoE API.
@@ -62,7 +62,8 @@ def num_local_experts(n_expert, n_local_expert=-1, expert_map=None) -> int:
 
 def moe_permute(hidden_states, a1q_scale, topk_ids, n_expert, n_local_expert=-1, expert_map=None,
                 align_block_size=None, fill_invalid_expert=-1, permuted_hidden_states=None, scratch=None):
-    """(permuted [P,H], a1q_scale, expert_first_token_offset [L+1], inv_permuted_idx [R], m_indices [P]), contract section 1.3.
+    """(permuted [P,H], a1q_scale, expert_first_token_offset [L+1], inv_permuted_idx [R], m_indices [P]): contract
+    section 1.3.
 
     Computed on the input's device. Rows no local route owns are zero here; the contract leaves them unspecified.
     `permuted_hidden_states` and `scratch` are accepted for signature parity and ignored.
@@ -114,7 +115,7 @@ def moe_permute(hidden_states, a1q_scale, topk_ids, n_expert, n_local_expert=-1,
 
 
 def moe_unpermute(out, permuted_hidden_states, topk_weights, inv_permuted_idx, expert_first_token_offset=None):
-    """out[t] = sum_j w[t,j] * permuted[inv[t*k+j]] in fp32, in place; rows >= offsets[-1] add 0. contract section 1.3."""
+    """out[t] = sum_j w[t,j] * permuted[inv[t*k+j]] in fp32, in place; rows >= offsets[-1] add 0 (contract 1.3)."""
     M = out.shape[0]
     inv = inv_permuted_idx.long().view(M, -1)
     keep = torch.ones_like(inv, dtype=torch.bool)

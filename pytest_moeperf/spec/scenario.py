@@ -1,4 +1,4 @@
-"""Scenario files (docs/contract.md section 2): YAML validated up front, every error naming the file, the line and the key."""
+"""Scenario files (docs/contract.md section 2): YAML validated up front, every error naming file, line and key."""
 from __future__ import annotations
 
 import dataclasses
