@@ -75,9 +75,9 @@ def ini_bool(config, name: str) -> bool:
 DEFAULT_CPU_MAX_BATCH = 64
 # The defaults, chosen with benchmarks/gate_experiment.py on four H100s (2026-11-22; docs/gate.md, "How good the
 # gate is"): against baselines from another H100, a kernel >= 10 us ran up to 5% faster, which hides part of a 5%
-# slowdown; a 2% threshold caught 84-96% of injected 5% slowdowns of kernels >= 10 us where 3% caught 81-94% and 5% 23-46%, and
-# clean reruns stayed under 1% alarms. Under 10 us a kernel differs by 5-20% between processes (tight samples, other
-# addresses): a 0.4 us floor (4% of 10 us) keeps those from failing.
+# slowdown; a 2% threshold caught 84-96% of injected 5% slowdowns of kernels >= 10 us where 3% caught 81-94% and 5%
+# 23-46%, and clean reruns stayed under 1% alarms. Under 10 us a kernel differs by 5-20% between processes (tight
+# samples, other addresses): a 0.4 us floor (4% of 10 us) keeps those from failing.
 DEFAULT_THRESHOLD = 0.02
 DEFAULT_NOISE_FLOOR_US = 0.4
 
