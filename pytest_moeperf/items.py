@@ -181,9 +181,9 @@ class TimingItem(_Item):
 
     def _measure_against(self, timer, ref_impl, make_calls, threshold, device):
         """--moeperf-against: the current implementation and the reference's on the same inputs, replays
-        interleaved, judged on the paired ratios; a regression is measured again on inputs made anew and stays one
-        only when that agrees. An injected slowdown (of the reference's median) slows the current side only.
-        Returns (current, reference, verdict, confirmed, injected)."""
+        interleaved, judged on the paired ratios, a regression confirmed as _confirm says. An injected slowdown (of
+        the reference's median) slows the current side only. Returns (current, reference, verdict, confirmed,
+        injected)."""
         timing = self.scenario.timing
         injected, slow = None, (lambda calls: calls)
         with timer.lock():
@@ -193,19 +193,16 @@ class TimingItem(_Item):
                 slow, injected = timer.slow_down(current, fraction * timer.measure(reference, timing).median, device,
                                                  timing)
                 injected["fraction"] = fraction
-            a, b = timer.interleave([slow(current), reference], timing)
-            v = verdict.judge_paired(a.samples_us, b.samples_us, threshold)
-            if v.kind is not Kind.REGRESSION:
-                return a, b, v, None, injected
-            a2, b2 = timer.interleave([slow(make_calls()), make_calls(impl=ref_impl)], timing)
-            v2 = verdict.judge_paired(a2.samples_us, b2.samples_us, threshold)
-        if v2.kind is Kind.REGRESSION:
-            return a, b, v, True, injected
-        return a2, b2, v2, False, injected
+
+            def once(fresh: bool):
+                sides = (make_calls(), make_calls(impl=ref_impl)) if fresh else (current, reference)
+                a, b = timer.interleave([slow(sides[0]), sides[1]], timing)
+                return (a, b), verdict.judge_paired(a.samples_us, b.samples_us, threshold)
+            (a, b), v, confirmed = _confirm(once)
+        return a, b, v, confirmed, injected
 
     def _measure_and_judge(self, timer, calls, make_calls, base, threshold, device):
-        """Measure; when that says regression, measure again with inputs made anew (at other addresses: a layout that
-        happens to be slow in one process must not fail the test): only a confirmed regression stays one.
+        """Measure and judge against the stored baseline, a regression confirmed as _confirm says.
 
         Each measurement is repeated while its spread exceeds MAX_SPREAD (up to TRIES), keeping the tightest: a
         disturbed run must neither become a baseline nor fail a test. With --moeperf-inject-slowdown every call is
@@ -222,15 +219,12 @@ class TimingItem(_Item):
                 ref_us = base["median_us"] if base else timer.measure(calls, timing).median
                 slow, injected = timer.slow_down(calls, fraction * ref_us, device, timing)
                 injected["fraction"] = fraction
-            m = self._steady_measure(timer, slow(calls))
-            v = verdict.judge(m.samples_us, baseline_samples, threshold, floor)
-            if v.kind is not Kind.REGRESSION:
-                return m, v, None, injected
-            m2 = self._steady_measure(timer, slow(make_calls()))
-            v2 = verdict.judge(m2.samples_us, baseline_samples, threshold, floor)
-        if v2.kind is Kind.REGRESSION:
-            return m, v, True, injected
-        return m2, v2, False, injected
+
+            def once(fresh: bool):
+                m = self._steady_measure(timer, slow(make_calls() if fresh else calls))
+                return m, verdict.judge(m.samples_us, baseline_samples, threshold, floor)
+            m, v, confirmed = _confirm(once)
+        return m, v, confirmed, injected
 
     def _steady_measure(self, timer, calls):
         m = timer.measure(calls, self.scenario.timing)
@@ -239,6 +233,20 @@ class TimingItem(_Item):
                 break
             m = min(m, timer.measure(calls, self.scenario.timing), key=lambda x: x.spread)
         return m
+
+
+def _confirm(once):
+    """`once(fresh)` measures and judges, on the test's first inputs or (fresh) on inputs made anew, at other
+    addresses: a layout that happens to be slow in one process must not fail the test. Only a regression that the
+    second measurement confirms stays one: (what was measured, its verdict, confirmed: None when no second
+    measurement was needed)."""
+    measured, v = once(False)
+    if v.kind is not Kind.REGRESSION:
+        return measured, v, None
+    again, v2 = once(True)
+    if v2.kind is Kind.REGRESSION:
+        return measured, v, True
+    return again, v2, False
 
 
 class TuneItem(_Item):

@@ -29,15 +29,17 @@ def is_worker(config) -> bool:
 
 
 class MoePerfRun:
-    def __init__(self, config, settings: Settings, entries: dict, device: str, pinned_gpu: str | None = None):
+    def __init__(self, config, settings: Settings, registry, entries: dict, device: str,
+                 pinned_gpu: str | None = None):
         self.config = config
         self.settings = settings
+        self.registry = registry  # the implementations registered for this run (oracle/registry.py)
         self.entries = entries  # resolved scenario path -> (Scenario, [Impl])
         self.device = device
         self.pinned_gpu = pinned_gpu  # the GPU this xdist worker was given
         self.timer = timing.CudaTimer() if device == "cuda" else None  # None: timing tests are skipped
         self._store = None
-        self.registry = None  # the implementations registered for this run (oracle/registry.py)
+        self._sources: dict[str, str] = {}  # scenario name -> digest (sources())
         self.reference = None  # --moeperf-against: the Revision
         self.reference_impls: dict = {}  # resolved scenario path -> {impl name: the reference's Impl}
         self._reference_tmp = None  # the folder the reference was extracted into (removed at the end)
@@ -74,8 +76,7 @@ class MoePerfRun:
             raise pytest.UsageError(str(e)) from None
         if settings.plot_dir and not plots.available():
             raise pytest.UsageError(plots.INSTALL_HINT)
-        run = cls(config, settings, entries, device, pinned_gpu)
-        run.registry = registry
+        run = cls(config, settings, registry, entries, device, pinned_gpu)
         if settings.against is not None:
             run._load_reference()
         return run
@@ -130,13 +131,15 @@ class MoePerfRun:
         return [scenario for scenario, _ in self.entries.values()]
 
     def sources(self, scenario_name: str) -> str:
-        """Digest of the timed implementations' sources of a scenario (the reference, `torch`, is the plugin)."""
+        """Digest of the timed implementations' sources of a scenario (the reference, `torch`, is the plugin), read
+        once per scenario: the environment check and the baseline writer both ask."""
         from pytest_moeperf.oracle import impls
 
-        for scenario, built in self.entries.values():
-            if scenario.name == scenario_name:
-                return impls.source_digest([i for i in built if i.name != "torch"], self.gpu_slug)
-        return ""
+        if scenario_name not in self._sources:
+            built = next((b for s, b in self.entries.values() if s.name == scenario_name), None)
+            self._sources[scenario_name] = "" if built is None else impls.source_digest(
+                [i for i in built if i.name != "torch"], self.gpu_slug)
+        return self._sources[scenario_name]
 
     def pytest_sessionfinish(self, session):
         """In an xdist worker: send the controller the environment of the GPU this worker timed on."""

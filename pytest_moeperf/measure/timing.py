@@ -15,9 +15,13 @@ from pytest_moeperf.measure.locks import machine_lock
 from pytest_moeperf.spec.scenario import Timing
 
 
-def relative_iqr(samples: list[float]) -> float:
+def iqr(samples: list[float]) -> float:
     q = statistics.quantiles(samples, n=4, method="inclusive")
-    return (q[2] - q[0]) / statistics.median(samples)
+    return q[2] - q[0]
+
+
+def relative_iqr(samples: list[float]) -> float:
+    return iqr(samples) / statistics.median(samples)
 
 
 @dataclasses.dataclass
@@ -34,8 +38,7 @@ class Measurement:
 
     @property
     def iqr(self) -> float:
-        q = statistics.quantiles(self.samples_us, n=4, method="inclusive")
-        return q[2] - q[0]
+        return iqr(self.samples_us)
 
     @property
     def min(self) -> float:
@@ -235,6 +238,7 @@ class CudaTimer:
         """Each side's calls (the current implementation, the reference's) captured and replayed in turns: one
         Measurement per side, sample i of each taken back to back."""
         return measure_interleaved([capture(calls, timing) for calls in sides], timing)
+
     input_sets_for_cold_l2 = staticmethod(input_sets_for_cold_l2)
     ceiling_gbps = staticmethod(copy_ceiling_gbps)
     matmul_ceiling_tflops = staticmethod(matmul_ceiling_tflops)

@@ -275,20 +275,8 @@ def _user_impl(spec: ImplSpec, import_module: Callable[[str], object]) -> Impl:
     except (Exception, SystemExit) as e:  # the user's module: a missing name, a SyntaxError, whatever it raised
         raise ImplError(f"implementation {spec.name!r}: cannot import {spec.path!r}: {type(e).__name__}: "
                         f"{str(e)[:300]}") from None
-    try:
-        fns = provider()
-    except (Exception, SystemExit) as e:  # the user's code, sys.exit included: report whatever it raised
-        raise ImplError(f"implementation {spec.name!r}: {spec.path}() raised {type(e).__name__}: "
-                        f"{str(e)[:300]}") from None
-    if not isinstance(fns, dict) or not fns or set(fns) - set(OPS) or not all(callable(f) for f in fns.values()):
-        raise ImplError(f"implementation {spec.name!r}: {spec.path}() must return a dict mapping some of "
-                        f"{', '.join(map(repr, OPS))} to callables, got {fns!r}")
-    contract = spec.contract or contract_of(fns.get("permute"))
-    impl = CustomizedContract(spec.name, fns.get("permute"), fns.get("unpermute"), fns.get("align"),
-                              fused_experts=fns.get("fused_experts"), align_any_order=True, contract=contract,
-                              permute_order=spec.permute_order)
-    impl.provider = provider
-    return impl
+    entry = Registered(spec.name, provider, contract=spec.contract, permute_order=spec.permute_order)
+    return from_entry(entry, what=f"{spec.path}()")
 
 
 def contract_of(permute) -> str:
@@ -304,25 +292,28 @@ def contract_of(permute) -> str:
     return "vllm-legacy" if "align_block_size" in names else "vllm"
 
 
-def from_entry(entry: Registered, kernels=None, provider: Callable | None = None) -> Impl:
-    """A registered implementation, its callables from its provider (or `provider`, another revision's), its
-    built-in callables from `kernels` (None: this checkout's)."""
+def from_entry(entry: Registered, kernels=None, provider: Callable | None = None,
+               what: str = "its provider") -> Impl:
+    """A registered implementation (or a provider path's, `what` naming it in errors), its callables from its
+    provider (or `provider`, another revision's), its built-in callables from `kernels` (None: this checkout's)."""
     provider = provider or entry.provider
     try:
         fns = provider(kernels or load_kernels()) if entry.needs_kernels else provider()
-    except (Exception, SystemExit) as e:  # a third party's provider: report whatever it raised
-        raise ImplError(f"implementation {entry.name!r}: its provider raised {type(e).__name__}: {str(e)[:300]}") \
-            from None
+    except (Exception, SystemExit) as e:  # a third party's code, sys.exit included: report whatever it raised
+        raise ImplError(f"implementation {entry.name!r}: {what} raised {type(e).__name__}: {str(e)[:300]}") from None
     if not isinstance(fns, dict) or not fns or set(fns) - set(OPS) or not all(callable(f) for f in fns.values()):
-        raise ImplError(f"implementation {entry.name!r}: its provider must return a dict mapping some of "
+        raise ImplError(f"implementation {entry.name!r}: {what} must return a dict mapping some of "
                         f"{', '.join(map(repr, OPS))} to callables, got {fns!r}")
     if entry.kind == "standard":
         return StandardContract(fns, entry.name)
-    return CustomizedContract(entry.name, fns.get("permute"), fns.get("unpermute"), fns.get("align"),
+    impl = CustomizedContract(entry.name, fns.get("permute"), fns.get("unpermute"), fns.get("align"),
                               fused_experts=fns.get("fused_experts"), scratch=entry.scratch,
                               align_any_order=entry.align_any_order, kernels=kernels,
                               contract=entry.contract or contract_of(fns.get("permute")),
                               permute_order=entry.permute_order)
+    if not entry.needs_kernels:  # a third party's provider module is part of what its baselines were taken with
+        impl.provider = provider
+    return impl
 
 
 def build(spec: ImplSpec, registry: Registry, kernels=None,
