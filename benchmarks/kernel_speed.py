@@ -82,9 +82,9 @@ def bench_row(sc, impl, op, dtype, M, l2, ceiling, device, compare_default=False
 
 def profile_rows(rows: list, jobs: list, device) -> None:
     """Fill each timed row's "launches" and "kernel us" from one profiled eager call on its first input set."""
-    at = HEADERS.index("launches")
+    at, median = HEADERS.index("launches"), HEADERS.index("median us")
     for row, (sc, impl, op, dtype, M) in zip(rows, jobs):
-        if row[at - 4] == "":  # incorrect: not timed
+        if row[median] == "":  # incorrect: not timed
             continue
         row[at], busy_us = profile_call(impl.prepare(op, problem.build(sc, dtype, M, device)))
         row[at + 1] = f"{busy_us:.2f}"

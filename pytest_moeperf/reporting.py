@@ -39,8 +39,9 @@ class Reporter:
         return self.run.gpu_slug
 
     def pytest_sessionstart(self, session):
-        """Read every scenario's baseline file for this GPU now: a corrupted one stops the run before any test."""
-        if self.timer is not None:
+        """Read every scenario's baseline file for this GPU now: a corrupted one stops the run before any test. An A/B
+        run (--moeperf-against) reads none."""
+        if self.timer is not None and self.settings.against is None:
             try:
                 self.run.store.load_all(s.name for s in self.run.scenarios())
             except baselines.BaselineError as e:
