@@ -8,10 +8,14 @@ BIN := $(VENV)/bin
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv --system-site-packages $(VENV)
-	$(BIN)/python -m pip install -q --upgrade pip
+	# The packages of the interpreter that made the venv stay visible in it, also where that interpreter is itself a
+	# venv (GPU images often are; --system-site-packages alone then reaches only the base interpreter's packages).
+	$(PYTHON) -c "import site; print(*site.getsitepackages(), sep='\n')" \
+		> "$$($(BIN)/python -c "import sysconfig; print(sysconfig.get_path('purelib'))")/_moeperf_parent.pth"
 	# A torch the system already has (a CUDA build on a GPU box) is kept; else the CPU build of 2.13.0.
 	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/python -m pip install -q torch==2.13.0
-	$(BIN)/python -m pip install -q -e ".[plot]"
+	# Offline (no package index: PIP_NO_INDEX=1), the build falls back to the setuptools already installed.
+	$(BIN)/python -m pip install -q -e ".[plot]" || $(BIN)/python -m pip install -q --no-build-isolation -e ".[plot]"
 	touch $@
 
 .PHONY: run test
