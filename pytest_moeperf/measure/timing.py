@@ -50,9 +50,23 @@ class Measurement:
         return relative_iqr(self.samples_us)
 
 
-def _event_us(run: Callable[[], object]) -> float:
-    """One eager call's time between two CUDA events, in microseconds."""
+# Queued ahead of every timed sample: a GPU spin long enough (200k cycles: ~100 us at 2 GHz) for the host to queue
+# the start event, the replay and the end event behind it, so that the GPU runs them back to back. Without it the GPU
+# reaches the start event at once, idles while the host launches the replay, and the sample includes that launch:
+# on an H200 the same Mixtral tests timed 5-14% slower in one process than in another, on the same machine.
+SPIN_CYCLES = 200_000
+TIMING_METHOD = ("CUDA-graph replays (contract section 3), each timed between two CUDA events queued behind a GPU spin "
+                 f"of {SPIN_CYCLES} cycles, so that the host's launch of the replay is not timed")
+
+
+def _spin() -> None:
+    torch.cuda._sleep(SPIN_CYCLES)
+
+
+def _event_us(run: Callable[[], object], spin: Callable[[], None] = _spin) -> float:
+    """One run's GPU time between two CUDA events, in microseconds, queued behind `spin` (TIMING_METHOD)."""
     start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    spin()
     start.record()
     run()
     end.record()
@@ -247,7 +261,7 @@ class CudaTimer:
     def environment() -> dict:
         device = torch.cuda.current_device()
         return dict(env.snapshot(device), copy_ceiling_gbps=round(copy_ceiling_gbps(device), 1),
-                    copy_ceiling_method=CEILING_METHOD)
+                    copy_ceiling_method=CEILING_METHOD, timing_method=TIMING_METHOD)
 
     @staticmethod
     def health() -> dict:

@@ -40,6 +40,9 @@ def differences(recorded: dict, current: dict, sources: str | None = None) -> li
     whether the implementations' sources changed since (their digest, impls.source_digest, differs)."""
     out = [f"{name} {recorded[key]} -> {current[key]}" for key, name in COMPARED
            if recorded.get(key) and current.get(key) and str(recorded[key]) != str(current[key])]
+    if current.get("timing_method") and recorded.get("timing_method") != current["timing_method"]:
+        out.append("timed by another method (" + (recorded.get("timing_method") or "before the host's launch of "
+                   "each replay was kept out of the timing") + ")")
     if sources and recorded.get("sources") and recorded["sources"] != sources:
         out.append("kernels changed since it was recorded")
     elif sources and not recorded.get("sources"):

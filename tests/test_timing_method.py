@@ -1,0 +1,62 @@
+"""Each timed sample holds the GPU's work only: the host's launch of the replay is kept out by a GPU spin queued
+ahead of the start event (measure/timing.py, TIMING_METHOD), and a baseline timed another way is named as such."""
+import time
+
+import pytest
+import torch
+
+from pytest_moeperf.measure import timing
+from pytest_moeperf.store import baselines
+
+
+def test_the_spin_is_queued_before_the_start_event(monkeypatch):
+    order = []
+
+    class Event:
+        def __init__(self, enable_timing):
+            self.name = "start" if not any(e.startswith("new") for e in order) else "end"
+            order.append("new " + self.name)
+
+        def record(self):
+            order.append(self.name)
+
+        def synchronize(self):
+            order.append("sync")
+
+        def elapsed_time(self, other):
+            return 0.004  # ms
+
+    monkeypatch.setattr(torch.cuda, "Event", Event)
+    us = timing._event_us(lambda: order.append("run"), spin=lambda: order.append("spin"))
+    assert [o for o in order if not o.startswith("new")] == ["spin", "start", "run", "end", "sync"]
+    assert us == pytest.approx(4.0)
+
+
+def test_the_method_covers_a_host_launch_of_tens_of_microseconds():
+    # ~100 us at 2 GHz; at least 50 us on any GPU clocked up to 4 GHz
+    assert timing.SPIN_CYCLES >= 200_000 and "not timed" in timing.TIMING_METHOD
+
+
+def test_a_baseline_timed_another_way_is_named_in_the_differences():
+    now = {"timing_method": timing.TIMING_METHOD, "torch": "2.11"}
+    assert baselines.differences(dict(now), now) == []
+    older = baselines.differences({"torch": "2.11"}, now)
+    assert older == ["timed by another method (before the host's launch of each replay was kept out of the timing)"]
+    other = baselines.differences({"torch": "2.11", "timing_method": "eager"}, now)
+    assert other == ["timed by another method (eager)"]
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="the host launch gap exists only on a GPU")
+def test_a_slow_host_launch_is_not_in_the_sample():
+    x = torch.zeros(1024, device="cuda")
+
+    def slow_launch():  # the host takes ~30 us before it launches a ~2 us kernel
+        t = time.perf_counter()
+        while time.perf_counter() - t < 30e-6:
+            pass
+        x.add_(1)
+
+    slow_launch()
+    torch.cuda.synchronize()
+    samples = sorted(timing._event_us(slow_launch) for _ in range(50))
+    assert samples[25] < 15.0, samples  # the median holds the kernel, not the host's 30 us
