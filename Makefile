@@ -23,4 +23,4 @@ run: $(BIN)/.installed
 	$(BIN)/python -m pytest --moeperf scenarios/mixtral.yaml
 
 test: $(BIN)/.installed
-	$(BIN)/python -m pytest -n auto -q
+	$(BIN)/python -m pytest -n auto --dist loadfile -q

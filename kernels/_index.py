@@ -32,8 +32,9 @@ def route_bucket(topk_ptr, map_ptr, r, valid, E, NB, HAS_MAP: tl.constexpr):
     Ids outside [0, E) are dropped and never used as an address; with an expert map, so are experts the map gives
     as < 0 or >= NB.
     """
-    ids = tl.load(topk_ptr + r, mask=valid, other=-1).to(tl.int32)
-    ok = valid & (ids >= 0) & (ids < E)
+    raw = tl.load(topk_ptr + r, mask=valid, other=-1)
+    ok = valid & (raw >= 0) & (raw < E)  # in the ids' own width: an int64 id of 2**32 + 1 is no expert 1
+    ids = raw.to(tl.int32)
     if HAS_MAP:
         local = tl.load(map_ptr + ids, mask=ok, other=-1).to(tl.int32)
     else:

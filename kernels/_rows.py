@@ -123,9 +123,10 @@ def permute_fused_kernel(topk_ptr, map_ptr, x_ptr, out_ptr, inv_ptr, m_idx_ptr, 
 
 
 @triton.jit
-def unpermute_kernel(x_ptr, inv_ptr, w_ptr, out_ptr, limit_ptr, M, H, stride_x, stride_out, K: tl.constexpr,
+def unpermute_kernel(x_ptr, inv_ptr, w_ptr, out_ptr, limit_ptr, M, H, P, stride_x, stride_out, K: tl.constexpr,
                      HAS_W: tl.constexpr, HAS_LIMIT: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_H: tl.constexpr):
-    """out[t] = sum_j w[t, j] * x[inv[t*K + j]] in fp32; rows >= *limit_ptr (dropped routes) add exactly 0."""
+    """out[t] = sum_j w[t, j] * x[inv[t*K + j]] in fp32; rows >= *limit_ptr (dropped routes) and rows outside
+    [0, P) (x has P rows: a bad index) add exactly 0."""
     t = tl.program_id(0) * BLOCK_T + tl.arange(0, BLOCK_T)
     cols = tl.program_id(1) * BLOCK_H + tl.arange(0, BLOCK_H)
     tm = t < M
@@ -136,7 +137,7 @@ def unpermute_kernel(x_ptr, inv_ptr, w_ptr, out_ptr, limit_ptr, M, H, stride_x, 
     for j in tl.static_range(K):  # unrolled: the k row loads are in flight together
         route = t * K + j
         row = tl.load(inv_ptr + route, mask=tm, other=0)
-        ok = tm
+        ok = tm & (row >= 0) & (row < P)
         if HAS_LIMIT:
             ok = ok & (row < limit)
         v = tl.load(x_ptr + row.to(tl.int64)[:, None] * stride_x + cols[None, :],

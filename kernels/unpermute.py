@@ -19,7 +19,7 @@ def _reduce(out, permuted, inv, weights, limit, op: str) -> None:
     dummy = inv
     _rows.unpermute_kernel[(cdiv(M, block_t), cdiv(H, block_h))](
         permuted, inv, dummy if weights is None else weights, out, dummy if limit is None else limit,
-        M, H, permuted.stride(0), out.stride(0), K=k,
+        M, H, permuted.shape[0], permuted.stride(0), out.stride(0), K=k,
         HAS_W=weights is not None, HAS_LIMIT=limit is not None, BLOCK_T=block_t, BLOCK_H=block_h,
         num_warps=config["num_warps"])
 
@@ -31,10 +31,12 @@ def _check_reduce_args(out, permuted, inv, inv_name: str, weights, weights_name:
         raise ValueError(f"{permuted_name} ({_checks.describe(permuted)}) must have out's hidden size {H} and "
                          f"dtype {out.dtype} (out: {_checks.describe(out)})")
     _checks.check_tensor(inv, inv_name)
-    if inv.dtype != torch.int32 or inv.dim() != 1 or (M and inv.numel() % M):
-        raise ValueError(f"{inv_name} must be 1-D int32 with num_tokens*topk entries ({M} tokens), "
+    # int32 from this project's and vLLM's custom permute, int64 from vLLM's Python path (torch.argsort)
+    if inv.dtype not in (torch.int32, torch.int64) or inv.dim() != 1 or (inv.numel() % M if M else inv.numel()):
+        raise ValueError(f"{inv_name} must be 1-D int32 or int64 with num_tokens*topk entries ({M} tokens), "
                          f"got {_checks.describe(inv)}")
-    k = inv.numel() // M if M else 0
+    # no tokens (M = 0): topk is the weights' width, as moe_permute's outputs of an empty batch leave it nowhere else
+    k = inv.numel() // M if M else (weights.shape[-1] if weights is not None and weights.dim() == 2 else 0)
     if weights is not None:
         _checks.check_weights(weights, (M, k), weights_name)
     for name, t in (("out", out), (permuted_name, permuted)):
@@ -48,6 +50,9 @@ def _check_reduce_args(out, permuted, inv, inv_name: str, weights, weights_name:
 def moe_unpermute(out: torch.Tensor, permuted_hidden_states: torch.Tensor, topk_weights: torch.Tensor,
                   inv_permuted_idx: torch.Tensor, expert_first_token_offset: torch.Tensor | None = None):
     """out[t] = sum_j topk_weights[t, j] * permuted[inv[t*k + j]], accumulated in fp32, written in place.
+
+    A route whose inv entry lies outside [0, permuted rows) is read as no row (it adds 0): an index is never used
+    as an address unchecked. Checking it on the host would cost a device sync, so the kernel masks it.
 
     With expert_first_token_offset, routes whose row is >= its last entry (dropped by expert parallelism) add
     exactly 0, whatever those rows hold.

@@ -302,3 +302,62 @@ def test_update_baselines_without_a_gpu_says_it_wrote_nothing_and_why(env):
     result = env.runpytest("--moeperf", "small.yaml", "--update-baselines", "-k", "timing and M1")
     result.stdout.fnmatch_lines(["*pytest-moeperf: --update-baselines wrote nothing: there is no CUDA GPU here, so "
                                  "every timing test was skipped*"])
+
+
+# --- 9. index inputs: bounded, any width, an empty batch ----------------------------------------------------------------
+def _routed(device, M=4, H=16, E=8, k=2, ids_dtype=torch.int32):
+    torch.manual_seed(9)
+    hidden = torch.randn(M, H, device=device).to(torch.bfloat16)
+    ids = torch.stack([torch.randperm(E, device=device)[:k] for _ in range(M)] or [torch.empty(0, k, device=device)])
+    ids = ids.reshape(M, k).to(ids_dtype)
+    return hidden, ids, torch.rand(M, k, device=device)
+
+
+@pytest.mark.parametrize("bad", [-3, "rows", 10**6])
+def test_an_out_of_range_inverse_index_reads_no_row(bad, device):
+    hidden, ids, w = _routed(device)
+    permuted, _, offsets, inv, _ = kernels.moe_permute(hidden, None, ids, 8, align_block_size=4)
+    bad = permuted.shape[0] if bad == "rows" else bad
+    want = torch.empty_like(hidden)
+    w_dropped = w.clone()
+    w_dropped[0, 0] = 0  # the route with the bad index adds nothing; its neighbours are untouched
+    kernels.moe_unpermute(want, permuted, w_dropped, inv, offsets)
+    inv[0] = bad
+    got = torch.empty_like(hidden)
+    kernels.moe_unpermute(got, permuted, w, inv, offsets)
+    torch.testing.assert_close(got, want, rtol=0, atol=0)
+    got2 = torch.empty_like(hidden)
+    kernels._moe_unpermute_and_reduce(got2, permuted, inv, w, False)
+    assert torch.isfinite(got2.float()).all()
+    torch.testing.assert_close(got2[1:], want[1:], rtol=0, atol=0)
+
+
+def test_an_empty_batch_round_trips_on_both_paths(device):
+    hidden, ids, w = _routed(device, M=0)
+    permuted, _, offsets, inv, _ = kernels.moe_permute(hidden, None, ids, 8, align_block_size=4)
+    out = torch.empty_like(hidden)
+    assert kernels.moe_unpermute(out, permuted, w, inv, offsets) is out and out.shape == (0, 16)
+    permuted, _, _, _, inv_perm = kernels._moe_permute(hidden, None, ids, 8, None, 4)
+    kernels._moe_unpermute_and_reduce(out, permuted, inv_perm, w, False)
+    with pytest.raises(ValueError, match=r"inv_perm must be 1-D int32 or int64 with num_tokens\*topk entries"):
+        kernels._moe_unpermute_and_reduce(out, permuted, torch.zeros(2, dtype=torch.int32, device=device), w, False)
+
+
+def test_an_int64_id_past_two_to_the_32_is_no_expert(device):
+    hidden, ids, _ = _routed(device, ids_dtype=torch.int64)
+    ids[0, 0] = 2**32 + 1  # its low 32 bits are expert 1
+    got = kernels.moe_permute(hidden, None, ids, 8, align_block_size=4)
+    want = reference.moe_permute(hidden, None, ids, 8, -1, None, 4)
+    assert torch.equal(got[2], want[2]), (got[2], want[2])  # expert_first_token_offset: the route counted nowhere
+    sorted_ids, expert_ids, _ = kernels.moe_align_block_size(ids, 4, 8)
+    want_sorted, want_experts, _ = reference.moe_align_block_size(ids, 4, 8)
+    assert torch.equal(sorted_ids, want_sorted) and torch.equal(expert_ids, want_experts)
+
+
+def test_the_inverse_index_may_be_int64_as_vllms_python_path_makes_it(device):
+    hidden, ids, w = _routed(device)
+    permuted, _, offsets, inv, _ = kernels.moe_permute(hidden, None, ids, 8, align_block_size=4)
+    want, got = torch.empty_like(hidden), torch.empty_like(hidden)
+    kernels.moe_unpermute(want, permuted, w, inv, offsets)
+    kernels._moe_unpermute_and_reduce(got, permuted, inv.long(), w, False)
+    torch.testing.assert_close(got, want, rtol=0, atol=0)

@@ -58,8 +58,8 @@ def test_moe_unpermute_rejects(device):
         kernels.moe_unpermute(out, permuted, torch.rand(4, 3, device=device), inv, offsets)
     with pytest.raises(TypeError, match=r"topk_weights must be a float tensor"):
         kernels.moe_unpermute(out, permuted, w.int(), inv, offsets)
-    with pytest.raises(ValueError, match=r"inv_permuted_idx must be 1-D int32"):
-        kernels.moe_unpermute(out, permuted, w, inv.long(), offsets)
+    with pytest.raises(ValueError, match=r"inv_permuted_idx must be 1-D int32 or int64"):
+        kernels.moe_unpermute(out, permuted, w, inv.to(torch.int16), offsets)
     with pytest.raises(ValueError, match=r"permuted_hidden_states .* must have out's hidden size 16 and dtype "
                                          r"torch.bfloat16"):
         kernels.moe_unpermute(out, permuted.float(), w, inv, offsets)
@@ -81,7 +81,7 @@ def test_standard_path_rejects(device):
     inv = torch.zeros(8, dtype=torch.int32, device=device)
     with pytest.raises(ValueError, match=r"topk_weight must have shape \(4, 2\)"):
         kernels._moe_unpermute_and_reduce(out, hidden, inv, torch.rand(2, 2, device=device), False)
-    with pytest.raises(ValueError, match=r"inv_perm must be 1-D int32 with num_tokens\*topk entries"):
+    with pytest.raises(ValueError, match=r"inv_perm must be 1-D int32 or int64 with num_tokens\*topk entries"):
         kernels._moe_unpermute_and_reduce(out, hidden, inv[:7], torch.rand(4, 2, device=device), False)
 
 
