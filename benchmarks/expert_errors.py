@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-import kernels  # noqa: E402
+import moeperf_kernels as kernels  # noqa: E402
 from pytest_moeperf.inputs import experts
 from pytest_moeperf.measure import timing
 from pytest_moeperf.oracle import reference_experts  # noqa: E402

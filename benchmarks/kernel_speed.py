@@ -28,7 +28,7 @@ import triton
 from tabulate import tabulate
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from kernels import tuning  # noqa: E402
+from moeperf_kernels import tuning  # noqa: E402
 from pytest_moeperf.inputs import problem
 from pytest_moeperf.measure import timing
 from pytest_moeperf.oracle import impls, registry

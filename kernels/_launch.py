@@ -10,7 +10,7 @@ import functools
 import triton
 import torch
 
-from kernels import _index
+from . import _index
 
 INTERPRETED = not isinstance(_index.count_kernel, triton.runtime.JITFunction)
 

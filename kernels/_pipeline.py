@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import torch
 
-from kernels import _index, _launch
+from . import _index, _launch
 
 
 def cdiv(a: int, b: int) -> int:

@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import torch
 
-from kernels import _checks, _launch
-from kernels._pipeline import cdiv, launch_index, round_up
+from . import _checks, _launch
+from ._pipeline import cdiv, launch_index, round_up
 
 
 def max_padded_slots(num_routes: int, num_experts: int, block_size: int, pad_sorted_ids: bool) -> int:

@@ -16,9 +16,9 @@ from __future__ import annotations
 
 import torch
 
-from kernels import _checks, _gemm, _launch, tuning
-from kernels._pipeline import cdiv
-from kernels.align import moe_align_block_size
+from . import _checks, _gemm, _launch, tuning
+from ._pipeline import cdiv
+from .align import moe_align_block_size
 
 FP8 = torch.float8_e4m3fn
 FP8_MAX = 448.0

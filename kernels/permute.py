@@ -3,10 +3,10 @@ from __future__ import annotations
 
 import torch
 
-from kernels import _checks, _launch, _rows, tuning
-from kernels._bits import as_bits
-from kernels._pipeline import cdiv, is_small, launch_index, round_up
-from kernels.align import moe_align_block_size
+from . import _checks, _launch, _rows, tuning
+from ._bits import as_bits
+from ._pipeline import cdiv, is_small, launch_index, round_up
+from .align import moe_align_block_size
 
 
 def permuted_rows(num_routes: int, num_experts: int, align_block_size: int | None) -> int:

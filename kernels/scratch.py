@@ -3,9 +3,9 @@ from __future__ import annotations
 
 import torch
 
-from kernels import _checks, _launch
-from kernels._pipeline import CountShape, cdiv
-from kernels.permute import permuted_rows
+from . import _checks, _launch
+from ._pipeline import CountShape, cdiv
+from .permute import permuted_rows
 
 
 class MoEPermuteScratch:

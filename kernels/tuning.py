@@ -30,7 +30,7 @@ from pathlib import Path
 import torch
 import triton
 
-from kernels import _launch
+from . import _launch
 
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 OPS = ("permute", "unpermute", "fused_experts")

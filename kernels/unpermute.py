@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import torch
 
-from kernels import _checks, _launch, _rows, tuning
-from kernels._pipeline import cdiv
+from . import _checks, _launch, _rows, tuning
+from ._pipeline import cdiv
 
 
 def _reduce(out, permuted, inv, weights, limit, op: str) -> None:

@@ -15,7 +15,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import triton  # noqa: E402
 from triton.backends.compiler import GPUTarget  # noqa: E402
 
-from kernels import _gemm  # noqa: E402
+from moeperf_kernels import _gemm  # noqa: E402
 
 HOPPER = GPUTarget("cuda", 90, 32)
 NOT_ALIGNED = {"R", "group_n", "group_k"}  # every other integer a launch passes is a multiple of 16 in the scenarios

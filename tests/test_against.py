@@ -15,7 +15,7 @@ from tests.test_plugin import FAKE_TIMER, SMALL, run_timed
 
 REPO = Path(__file__).resolve().parents[1]
 MINE = """
-from kernels import moe_align_block_size, moe_permute, moe_unpermute
+from moeperf_kernels import moe_align_block_size, moe_permute, moe_unpermute
 def impls():
     return {"permute": moe_permute, "unpermute": moe_unpermute, "align": moe_align_block_size}
 """
@@ -51,7 +51,7 @@ def test_paired_verdicts_need_the_median_beyond_the_threshold_and_the_interval_b
 
 
 def test_a_revision_is_extracted_and_its_kernels_load_beside_the_current_ones(tmp_path, device):
-    import kernels
+    import moeperf_kernels as kernels
 
     src = tmp_path / "repo"
     src.mkdir()
@@ -61,7 +61,8 @@ def test_a_revision_is_extracted_and_its_kernels_load_beside_the_current_ones(tm
     assert rev.commit == commit and rev.label == f"HEAD ({commit[:10]})" and (rev.root / "kernels").is_dir()
     theirs = revision.import_from(rev, "kernels")
     assert theirs is not kernels and Path(theirs.__file__).parent == rev.root / "kernels"
-    assert sys.modules["kernels"] is kernels  # the current package is back
+    # the current package is untouched, and the reference's name is free again (its copy lives under an alias)
+    assert sys.modules["moeperf_kernels"] is kernels and "kernels" not in sys.modules
     assert theirs.tuning.CONFIG_DIR == rev.root / "kernels" / "configs"  # its own tuned configs
     hidden = torch.randn(5, 32, device=device).to(torch.bfloat16)
     ids = torch.randint(0, 4, (5, 2), dtype=torch.int32, device=device)

@@ -1,7 +1,7 @@
 """moe_align_block_size against the reference (SPEC 1.1)."""
 import pytest
 
-import kernels
+import moeperf_kernels as kernels
 from pytest_moeperf.oracle import compare, reference
 from tests.cases import Case, make_inputs
 

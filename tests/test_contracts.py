@@ -5,7 +5,7 @@ import sys
 import pytest
 import torch
 
-import kernels
+import moeperf_kernels as kernels
 from pytest_moeperf.inputs import problem
 from pytest_moeperf.oracle import impls, reference
 from pytest_moeperf.spec import scenario
@@ -23,17 +23,11 @@ def p(request, tmp_path, device):
     return problem.build(scenario.load(tmp_path / "s.yaml"), "bf16", 5, device)
 
 
-def current_permute(hidden_states, a1q_scale, topk_ids, n_expert, n_local_expert=-1, expert_map=None,
-                    permuted_hidden_states=None, scratch=None, *, wrong_owner=False):
-    """vLLM's current signature on top of this project's kernels: no alignment; permuted_idx[row] = owning route."""
-    perm, scale, offs, inv, _ = kernels.moe_permute(hidden_states, a1q_scale, topk_ids, n_expert, n_local_expert,
-                                                    expert_map)
-    R, P = inv.numel(), perm.shape[0]
-    owner = torch.full((P,), R, dtype=torch.int32, device=inv.device)
-    local = inv < offs[-1]
-    owner[inv[local].long()] = torch.arange(R, dtype=torch.int32, device=inv.device)[local]
-    if wrong_owner:
-        owner[0] = R
+def wrong_owner_permute(*args, **kwargs):
+    """The project's current-vintage permute with row 0 claimed by no route: a wrong permuted_idx."""
+    perm, scale, offs, inv, owner = kernels.current.moe_permute(*args, **kwargs)
+    owner = owner.clone()
+    owner[0] = inv.numel()
     return perm, scale, offs, inv, owner
 
 
@@ -59,16 +53,19 @@ def shuffled_permute(hidden_states, a1q_scale, topk_ids, n_expert, n_local_exper
 
 def test_the_contract_is_read_from_the_permute_signature():
     assert impls.contract_of(kernels.moe_permute) == "vllm-legacy"
-    assert impls.contract_of(current_permute) == "vllm"
+    assert impls.contract_of(kernels.current.moe_permute) == "vllm"
     assert impls.contract_of(None) == "vllm-legacy"
 
 
-def test_a_permute_with_vllms_current_signature_is_checked_against_that_contract(p):
-    impl = impls.CustomizedContract("current", current_permute, kernels.moe_unpermute, contract="vllm")
+def test_the_projects_kernels_pass_both_contracts(p):
+    """The legacy signature (moeperf_kernels) and vLLM's current one (moeperf_kernels.current), each checked against
+    its own contract, with the unpermute both share."""
+    impls.CustomizedContract("legacy", kernels.moe_permute, kernels.moe_unpermute).check("permute", p)
+    impl = impls.CustomizedContract("current", kernels.current.moe_permute, kernels.current.moe_unpermute,
+                                    contract="vllm")
     impl.check("permute", p)
     impl.check("unpermute", p)  # end to end through its own (unaligned) permute
-    wrong = impls.CustomizedContract("wrong", lambda *a, **k: current_permute(*a, **k, wrong_owner=True),
-                                     contract="vllm")
+    wrong = impls.CustomizedContract("wrong", wrong_owner_permute, contract="vllm")
     with pytest.raises(AssertionError, match="permuted_idx: rows \\[0\\] do not name the route that owns them"):
         wrong.check("permute", p)
 
@@ -123,7 +120,7 @@ def forget_contracts_mine():
 
 
 def test_a_named_contract_wins_over_the_signature(tmp_path, monkeypatch, forget_contracts_mine):
-    (tmp_path / "contracts_mine.py").write_text("from kernels import moe_permute\n"
+    (tmp_path / "contracts_mine.py").write_text("from moeperf_kernels import moe_permute\n"
                                                 "def impls():\n    return {'permute': moe_permute}\n")
     monkeypatch.syspath_prepend(str(tmp_path))
     (tmp_path / "s.yaml").write_text(SMALL + "impls: [{name: x, path: 'contracts_mine:impls', permute_order: any}]\n")

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-import kernels
+import moeperf_kernels as kernels
 from pytest_moeperf.inputs import experts
 from pytest_moeperf.oracle import reference_experts
 

@@ -3,7 +3,7 @@ pass or a write outside the baselines folder before."""
 import pytest
 import torch
 
-import kernels
+import moeperf_kernels as kernels
 from pytest_moeperf.inputs import problem
 from pytest_moeperf.oracle import impls, reference
 from pytest_moeperf.spec import scenario

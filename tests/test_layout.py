@@ -53,7 +53,7 @@ def test_baseline_folders_and_tuned_config_files_name_a_gpu_alike(monkeypatch):
     # kernels (user implementations only). Baseline folders, config file names and the source digest must agree.
     import torch
 
-    from kernels import tuning
+    from moeperf_kernels import tuning
     from pytest_moeperf.measure import env
 
     for name in ("NVIDIA H100 80GB HBM3", "NVIDIA H200", "NVIDIA GeForce RTX 4090 (laptop)", " odd--name  "):
@@ -61,3 +61,12 @@ def test_baseline_folders_and_tuned_config_files_name_a_gpu_alike(monkeypatch):
         tuning.device_name.cache_clear()
         assert env.gpu_slug() == tuning.device_name(torch.device("cuda", 0))
     tuning.device_name.cache_clear()
+
+
+def test_the_wheel_lists_every_package_of_the_plugin_and_the_kernels():
+    import tomllib
+
+    config = tomllib.loads((PACKAGE.parent / "pyproject.toml").read_text())["tool"]["setuptools"]
+    folders = {"pytest_moeperf"} | {f"pytest_moeperf.{d.name}" for d in PACKAGE.iterdir() if (d / "__init__.py").exists()}
+    assert set(config["packages"]) == folders | {"moeperf_kernels"}
+    assert config["package-dir"] == {"moeperf_kernels": "kernels"}

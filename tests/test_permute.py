@@ -4,8 +4,8 @@ import dataclasses
 import pytest
 import torch
 
-import kernels
-from kernels import _launch
+import moeperf_kernels as kernels
+from moeperf_kernels import _launch
 from pytest_moeperf.oracle import compare, reference
 from tests.cases import Case, make_inputs
 

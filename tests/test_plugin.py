@@ -262,7 +262,7 @@ def test_verdicts_against_recorded_baselines(env):
 
 def test_a_baseline_from_another_environment_or_older_kernels_is_named_in_the_summary(env, monkeypatch):
     env.makepyfile(mine="""
-from kernels import moe_permute
+from moeperf_kernels import moe_permute
 def impls():
     return {"permute": moe_permute}
 """)
@@ -499,7 +499,7 @@ def test_a_measurement_that_stays_spread_out_is_not_counted(env, monkeypatch):
 
 
 TUNE_TIMER = FAKE_TIMER + '''
-from kernels import tuning
+from moeperf_kernels import tuning
 FAST = {"BLOCK_T": 1, "BLOCK_H": 64, "num_warps": 2}
 def fast_gemm(config):  # grouped tile orders: the defaults at these sizes use GROUP_SIZE_M 1
     return config.get("GROUP_SIZE_M", 1) != 1
@@ -528,14 +528,14 @@ FakeTimer.measure = measure
 
 @pytest.fixture
 def configs(tmp_path):
-    from kernels import tuning
+    from moeperf_kernels import tuning
 
     with tuning.configs_from(tmp_path / "configs"):
         yield tmp_path / "configs"
 
 
 def test_tuning_writes_the_fastest_config_per_batch_size_and_the_kernels_read_it(env, configs):
-    from kernels import tuning
+    from moeperf_kernels import tuning
 
     device = torch.device(DEVICE)  # where the plugin's correctness and tuning tests run
     name = tuning.config_name("permute", 64, 2, torch.bfloat16, tuning.device_name(device), E=8)
@@ -579,7 +579,7 @@ def pytest_runtest_logreport(report):
 
 
 def test_tuning_keeps_the_default_where_no_config_beats_it_and_drops_an_old_entry(env, configs, monkeypatch):
-    from kernels import tuning
+    from moeperf_kernels import tuning
 
     device = torch.device(DEVICE)
     name = tuning.config_name("permute", 64, 2, torch.bfloat16, tuning.device_name(device), E=8)
@@ -614,7 +614,7 @@ def test_loading_the_plugin_does_not_import_the_kernels():
     import sys
 
     code = ("import sys, pytest_moeperf.plugin, pytest_moeperf.items, pytest_moeperf.run_state; "
-            "print('kernels' in sys.modules)")
+            "print('moeperf_kernels' in sys.modules)")
     done = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True)
     assert done.stdout.strip() == "False"
 
@@ -652,7 +652,7 @@ def test_fused_experts_is_checked_and_timed_in_flops_and_weight_bytes(env):
 
 def test_a_wrong_fused_experts_fails_its_correctness_test(env):
     env.makepyfile(mine="""
-from kernels import fused_experts
+from moeperf_kernels import fused_experts
 def impls():
     def off_by_a_bit(*args, **kwargs):
         return fused_experts(*args, **kwargs) * 1.05
@@ -667,7 +667,7 @@ def impls():
 
 
 def test_tuning_fused_experts_writes_a_vllm_style_file(configs, env):
-    from kernels import tuning
+    from moeperf_kernels import tuning
 
     env.makefile(".yaml", gemm=GEMM.replace("dtypes: [bf16, fp8_w8a8]", "dtypes: [bf16]").replace(
         "block_quant: [128, 128]\n", ""))
@@ -684,7 +684,7 @@ def test_tuning_fused_experts_writes_a_vllm_style_file(configs, env):
 
 
 def test_tuning_can_time_a_seeded_draw_of_a_large_space(configs, env):
-    from kernels import tuning
+    from moeperf_kernels import tuning
 
     env.makefile(".yaml", gemm=GEMM.replace("dtypes: [bf16, fp8_w8a8]", "dtypes: [bf16]").replace(
         "block_quant: [128, 128]\n", "").replace("batch_sizes: [1, 3]", "batch_sizes: [3]"))

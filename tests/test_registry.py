@@ -13,7 +13,7 @@ def pytest_moeperf_register_impls(registry):
 '''
 MYKERNEL = """
 import torch
-from kernels import moe_permute, moe_unpermute
+from moeperf_kernels import moe_permute, moe_unpermute
 def permute(hidden_states, a1q_scale, topk_ids, n_expert, n_local_expert=-1, expert_map=None,
             permuted_hidden_states=None, scratch=None):
     perm, scale, offs, inv, _ = moe_permute(hidden_states, a1q_scale, topk_ids, n_expert, n_local_expert, expert_map)

@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-import kernels
+import moeperf_kernels as kernels
 from pytest_moeperf.oracle import compare, reference
 from tests.cases import Case, make_inputs
 

@@ -4,9 +4,9 @@ import json
 import pytest
 import torch
 
-import kernels
-from kernels import _launch, tuning
-from kernels._launch import next_pow2
+import moeperf_kernels as kernels
+from moeperf_kernels import _launch, tuning
+from moeperf_kernels._launch import next_pow2
 from pytest_moeperf.oracle import compare, reference
 from tests.cases import Case, make_inputs
 

@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-import kernels
+import moeperf_kernels as kernels
 
 
 def args(device, M=4, k=2, H=16, E=8, dtype=torch.bfloat16):

@@ -34,11 +34,11 @@ def load_kernels():
     """The project's kernels package, imported on first use: TRITON_INTERPRET must be set before (pytest_configure
     does it on a CPU machine), and the plugin must load where kernels/ is not importable."""
     try:
-        import kernels
+        import moeperf_kernels
     except ImportError as e:
-        raise ImplError("the built-in Triton implementations need the project's kernels/ package importable: run "
-                        f"pytest from the pytest-moeperf checkout or put it on PYTHONPATH ({e})") from None
-    return kernels
+        raise ImplError("the built-in Triton implementations need the package moeperf_kernels, which pytest-moeperf "
+                        f"installs (pip install pytest-moeperf, or pip install -e . in its checkout) ({e})") from None
+    return moeperf_kernels
 
 
 def _poison_unowned(rows: torch.Tensor, owned_rows: torch.Tensor) -> torch.Tensor:
