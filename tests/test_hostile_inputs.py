@@ -304,12 +304,12 @@ def test_update_baselines_without_a_gpu_says_it_wrote_nothing_and_why(env):
                                  "every timing test was skipped*"])
 
 
-# --- 9. index inputs: bounded, any width, an empty batch ----------------------------------------------------------------
+# --- 9. index inputs: bounded, any width, an empty batch -----------------------------------------------------------
 def _routed(device, M=4, H=16, E=8, k=2, ids_dtype=torch.int32):
     torch.manual_seed(9)
     hidden = torch.randn(M, H, device=device).to(torch.bfloat16)
-    ids = torch.stack([torch.randperm(E, device=device)[:k] for _ in range(M)] or [torch.empty(0, k, device=device)])
-    ids = ids.reshape(M, k).to(ids_dtype)
+    picks = [torch.randperm(E, device=device)[:k] for _ in range(M)] or [torch.empty(0, k, device=device)]
+    ids = torch.stack(picks).reshape(M, k).to(ids_dtype)
     return hidden, ids, torch.rand(M, k, device=device)
 
 

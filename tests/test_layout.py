@@ -67,6 +67,7 @@ def test_the_wheel_lists_every_package_of_the_plugin_and_the_kernels():
     import tomllib
 
     config = tomllib.loads((PACKAGE.parent / "pyproject.toml").read_text())["tool"]["setuptools"]
-    folders = {"pytest_moeperf"} | {f"pytest_moeperf.{d.name}" for d in PACKAGE.iterdir() if (d / "__init__.py").exists()}
+    folders = {"pytest_moeperf"} | {f"pytest_moeperf.{d.name}" for d in PACKAGE.iterdir()
+                                    if (d / "__init__.py").exists()}
     assert set(config["packages"]) == folders | {"moeperf_kernels"}
     assert config["package-dir"] == {"moeperf_kernels": "kernels"}

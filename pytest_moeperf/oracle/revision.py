@@ -4,7 +4,8 @@ the same process under other module names.
 
 Loading twice works for pure Python and Triton: while a package of the reference is imported, sys.modules holds the
 reference's copy under the package's own name (so absolute imports, `from kernels import tuning` in revisions
-before the kernels were installed as moeperf_kernels, find the reference's modules), and the current modules are put back afterwards; the reference's stay alive under an alias.
+from before the kernels were installed as moeperf_kernels, find the reference's modules), and the current modules
+are put back afterwards; the reference's stay alive under an alias.
 A compiled extension cannot be imported twice in one process, so an implementation that needs one is refused.
 """
 from __future__ import annotations
