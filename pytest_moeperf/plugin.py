@@ -6,6 +6,7 @@ import os
 import pytest
 import torch
 
+from pytest_moeperf.measure import health
 from pytest_moeperf.run_state import AGAINST_KEY, RUN_KEY, MoePerfRun, gpu_uuids, is_worker, visible_gpus
 from pytest_moeperf.spec import settings
 
@@ -81,7 +82,10 @@ def pytest_configure(config):
     paths = config.getoption("moeperf")
     if not paths:
         return
-    pinned = _check_worker_gpu(config) if is_worker(config) else None
+    pinned = None
+    if is_worker(config):
+        pinned = _check_worker_gpu(config)
+        health.register_worker(config.workerinput["testrunuid"])
     device = "cuda" if torch.cuda.is_available() else "cpu"
     if device == "cpu":  # read by triton.jit when the kernels are decorated: before they are imported
         os.environ.setdefault("TRITON_INTERPRET", "1")

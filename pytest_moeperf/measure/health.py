@@ -9,6 +9,8 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import tempfile
+from pathlib import Path
 
 from pytest_moeperf.measure import env
 
@@ -40,18 +42,48 @@ def _compute_pids(index: int) -> list[int] | None:
     return parse_pids(out.stdout) if out.returncode == 0 else None
 
 
+RUN_ID_VAR = "PYTEST_XDIST_TESTRUNUID"  # pytest-xdist sets it in every worker of a run, the same in all of them
+
+
+def _run_folder(run_id: str) -> Path:
+    return Path(tempfile.gettempdir()) / f"pytest-moeperf-run-{run_id}"
+
+
+def register_worker(run_id: str) -> None:
+    """Put this process on the list of the xdist workers of run `run_id`. Workers that share one GPU do so on
+    purpose (they time one at a time, under the GPU lock): they are this run, not another process on the GPU, and a
+    regression measured beside them must count (else, with more workers than GPUs, none ever would)."""
+    folder = _run_folder(run_id)
+    try:
+        folder.mkdir(exist_ok=True)
+        (folder / str(os.getpid())).touch()
+    except OSError:  # unlisted, the workers only excuse each other's regressions, as before
+        pass
+
+
+def run_workers(run_id: str | None = None) -> set[int]:
+    """PIDs of the xdist workers registered for run `run_id` (this process's run by default; none outside xdist)."""
+    run_id = run_id or os.environ.get(RUN_ID_VAR)
+    if not run_id:
+        return set()
+    try:
+        return {int(f.name) for f in _run_folder(run_id).iterdir() if f.name.isdigit()}
+    except OSError:
+        return set()
+
+
 def snapshot(device_index: int, own_pids: set[int] | None = None) -> dict:
     """Clocks, temperature, slowing reasons and the other processes on the GPU; {} where nvidia-smi is missing.
 
-    Other processes are the compute processes other than `own_pids` (this one by default); inside a container
-    nvidia-smi may list none, so an empty list is not proof that the GPU is free.
+    Other processes are the compute processes other than `own_pids` (this one and its run's xdist workers by
+    default); inside a container nvidia-smi may list none, so an empty list is not proof that the GPU is free.
     """
     if shutil.which("nvidia-smi") is None:
         return {}
     physical = env.physical_index(device_index)
     smi = env.nvidia_smi(physical)
     pids = _compute_pids(physical)
-    own = own_pids or {os.getpid()}
+    own = own_pids or {os.getpid()} | run_workers()
     return {
         "sm_clock_mhz": smi.get("clocks.sm"), "max_sm_clock_mhz": smi.get("clocks.max.sm"),
         "temperature_c": smi.get("temperature.gpu"),
