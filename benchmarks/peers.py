@@ -1,0 +1,202 @@
+"""Our permute / unpermute beside the public Triton peers, in one process, timed the way the gate times (CUDA graph of
+10 calls, median of 60 replays, warm L2), each checked by a round trip first.
+
+    python benchmarks/peers.py [--te PATH] [--moe-ops PATH] [--shapes mixtral,deepseek-v3]
+        [--batch-sizes 1,8,64,256,1024,4096,16384] [--markdown F] [--json F]
+
+Peers, called natively:
+- TransformerEngine's Triton permutation (--te: a transformer_engine wheel, e.g. 2.20.2, or a folder with its files):
+  make_row_id_map + permute_with_mask_map given its routing mask, unpermute_with_mask_map with merging probs. The
+  wheel's package imports TransformerEngine's CUDA libraries, so only its two pure-Triton `permutation` modules are
+  loaded, from the wheel's files, under empty parent packages; nothing else of TransformerEngine runs.
+- moe-ops (--moe-ops: its wheel or folder, else the installed package): permute_countsort (rows inside an expert in
+  atomic order) and unpermute_forward.
+Ours: moeperf_kernels.moe_permute (unaligned) and moe_unpermute. bf16, uniform routing, shapes of the scenarios.
+Bytes = M*H*2*(1+k) (contract section 3), and % of the device-copy ceiling measured in the same process. GPU only
+(TransformerEngine's functions allocate on "cuda"); the table and the loader are tested on the CPU.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import sys
+import tempfile
+import types
+import zipfile
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+from tabulate import tabulate
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from pytest_moeperf.inputs import problem  # noqa: E402
+from pytest_moeperf.measure import timing  # noqa: E402
+from pytest_moeperf.spec import scenario  # noqa: E402
+from pytest_moeperf.spec.scenario import Timing  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+TE_FILES = ("transformer_engine/common/triton/permutation.py", "transformer_engine/pytorch/triton/permutation.py")
+PEERS = ("ours", "te", "moe_ops")
+TIMING = Timing(invocations=10, samples=60, warmup=5)
+
+
+def _files_of(path: Path, names: list[str] | None, into: Path) -> Path:
+    """A folder holding the package files: `path` itself, or `names` (all when None) extracted from the wheel."""
+    if path.is_dir():
+        return path
+    with zipfile.ZipFile(path) as wheel:
+        wheel.extractall(into, members=names or None)
+    return into
+
+
+def load_te(path: Path, into: Path) -> types.ModuleType:
+    """TransformerEngine's pytorch/triton/permutation module, loaded from a wheel or folder with its common Triton
+    kernels, its parent packages replaced by empty ones (their __init__ would load the CUDA libraries)."""
+    folder = _files_of(path, list(TE_FILES), into)
+    for name in ("transformer_engine", "transformer_engine.common", "transformer_engine.common.triton",
+                 "transformer_engine.pytorch", "transformer_engine.pytorch.triton"):
+        package = types.ModuleType(name)
+        package.__path__ = [str(folder / name.replace(".", "/"))]
+        sys.modules.setdefault(name, package)
+    module = None
+    for file in TE_FILES:
+        name = file[:-3].replace("/", ".")
+        spec = importlib.util.spec_from_file_location(name, folder / file)
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module
+        spec.loader.exec_module(module)
+    return module
+
+
+def load_moe_ops(path: Path | None, into: Path) -> types.ModuleType:
+    if path is not None:
+        sys.path.insert(0, str(_files_of(path, None, into)))
+    import moe_ops.permute_ops
+    import moe_ops.unpermute_ops
+    return moe_ops
+
+
+def calls(peer: str, p, te=None, moe_ops=None) -> tuple[Callable, Callable[[], Callable]]:
+    """(permute call, make the unpermute call) of one peer for problem p: the permute returns what its unpermute
+    needs, and the unpermute call is built on one permute's outputs."""
+    M, k, E, H = p.M, p.topk_ids.shape[1], p.E, p.H
+    if peer == "ours":
+        import moeperf_kernels as kernels
+
+        def permute():
+            return kernels.moe_permute(p.hidden, None, p.topk_ids, E)
+
+        def unpermute_call():
+            permuted, _, offsets, inv, _ = permute()
+            out = torch.empty(M, H, dtype=p.hidden.dtype, device=p.hidden.device)
+            return lambda: kernels.moe_unpermute(out, permuted, p.topk_weights, inv, offsets)  # returns out
+        return permute, unpermute_call
+    if peer == "te":
+        ids = p.topk_ids.long()
+        routing_map = torch.zeros(M, E, dtype=torch.bool, device=ids.device).scatter_(1, ids, True)
+        merging = torch.zeros(M, E, dtype=torch.float32, device=ids.device).scatter_(1, ids, p.topk_weights.float())
+
+        def permute():
+            row_id_map = te.make_row_id_map(routing_map, M, E)
+            permuted = te.permute_with_mask_map(p.hidden, row_id_map, None, None, None, M, E, M * k, H, 0)[0]
+            return permuted, row_id_map
+
+        def unpermute_call():
+            permuted, row_id_map = permute()
+            return lambda: te.unpermute_with_mask_map(permuted, row_id_map, merging, None, None, M, E, H)[0]
+        return permute, unpermute_call
+
+    def permute():
+        return moe_ops.permute_ops.permute_countsort(p.hidden, p.topk_ids, 0, E)
+
+    def unpermute_call():
+        permuted, row_id_map, _ = permute()
+        return lambda: moe_ops.unpermute_ops.unpermute_forward(permuted, row_id_map, p.topk_weights.float(), M, k)
+    return permute, unpermute_call
+
+
+def round_trip_error(p, unpermute_call: Callable[[], Callable]) -> float:
+    """Largest |unpermute(permute(x)) - x * sum_j w_j| (an identity expert), relative to max |x|."""
+    got = unpermute_call()().float()
+    want = p.hidden.float() * p.topk_weights.float().sum(1, keepdim=True)
+    return float((got - want).abs().max() / want.abs().max().clamp(min=1e-6))
+
+
+def table(rows: list[dict], tablefmt: str = "github") -> str:
+    """The issue's layout: per shape and batch size, each peer's median us per op, ours with % of the ceiling, and
+    each peer's time over ours (> 1: ours is faster)."""
+    out = []
+    for r in rows:
+        line = [r["shape"], r["M"]]
+        for op in ("permute", "unpermute"):
+            ours = r[op].get("ours")
+            line.append("-" if ours is None else f"{ours:.2f} ({r[op + '_pct']:.0f}%)")
+            for peer in PEERS[1:]:
+                theirs = r[op].get(peer)
+                line.append("-" if theirs is None else f"{theirs:.2f}")
+                line.append("-" if theirs is None or ours is None else f"{theirs / ours:.2f}")
+        out.append(line)
+    headers = ["shape", "M"] + [h for op in ("permute", "unpermute") for h in
+                                (f"ours {op} us (% ceiling)", "TE us", "TE / ours", "moe-ops us", "moe-ops / ours")]
+    return tabulate(out, headers, tablefmt=tablefmt, disable_numparse=True)
+
+
+def bench(shapes: list[str], batches: list[int], te, moe_ops, device: str) -> list[dict]:
+    ceiling = timing.copy_ceiling_gbps(device)
+    peers = {"ours": True, "te": te is not None, "moe_ops": moe_ops is not None}
+    rows = []
+    for shape in shapes:
+        sc = scenario.load(ROOT / "scenarios" / f"{shape}.yaml")
+        for M in batches:
+            p = problem.build(sc, "bf16", M, device)
+            row = {"shape": shape, "M": M, "permute": {}, "unpermute": {}, "error": {}}
+            for peer in (name for name, there in peers.items() if there):
+                permute, unpermute_call = calls(peer, p, te, moe_ops)
+                row["error"][peer] = round_trip_error(p, unpermute_call)
+                if row["error"][peer] > 0.02:
+                    print(f"{shape} M={M} {peer}: round trip off by {row['error'][peer]:.3g}; not timed")
+                    continue
+                row["permute"][peer] = timing.measure([permute], TIMING).median
+                row["unpermute"][peer] = timing.measure([unpermute_call()], TIMING).median
+            nbytes = M * p.H * 2 * (1 + p.topk_ids.shape[1])
+            for op in ("permute", "unpermute"):
+                ours = row[op].get("ours")
+                row[op + "_pct"] = 0.0 if not ours else 100 * nbytes / ours / 1e3 / ceiling
+            rows.append(row)
+            print(table(rows[-1:], "plain").splitlines()[-1], flush=True)
+    return rows
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--te", type=Path, help="a transformer_engine wheel, or a folder with its files")
+    ap.add_argument("--moe-ops", type=Path, help="a moe_ops wheel or folder (default: the installed package)")
+    ap.add_argument("--shapes", default="mixtral,deepseek-v3")
+    ap.add_argument("--batch-sizes", default="1,8,64,256,1024,4096,16384")
+    ap.add_argument("--markdown", type=Path)
+    ap.add_argument("--json", type=Path)
+    args = ap.parse_args(argv)
+    if not torch.cuda.is_available():
+        print("peers.py times on a GPU; none is visible", file=sys.stderr)
+        return 2
+    with tempfile.TemporaryDirectory() as tmp:
+        te = load_te(args.te, Path(tmp) / "te") if args.te else None
+        try:
+            moe_ops = load_moe_ops(args.moe_ops, Path(tmp) / "moe_ops")
+        except ImportError as e:
+            print(f"moe-ops not timed: {e}", file=sys.stderr)
+            moe_ops = None
+        rows = bench(args.shapes.split(","), [int(b) for b in args.batch_sizes.split(",")], te, moe_ops, "cuda")
+    text = table(rows)
+    print(text)
+    if args.markdown:
+        args.markdown.write_text(f"Ceiling: {timing.CEILING_METHOD}; timing: {timing.TIMING_METHOD}\n\n{text}\n")
+    if args.json:
+        args.json.write_text(json.dumps(rows, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
