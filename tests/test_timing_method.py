@@ -60,3 +60,9 @@ def test_a_slow_host_launch_is_not_in_the_sample():
     torch.cuda.synchronize()
     samples = sorted(timing._event_us(slow_launch) for _ in range(50))
     assert samples[25] < 15.0, samples  # the median holds the kernel, not the host's 30 us
+
+
+def test_a_baseline_recorded_by_another_number_of_pytest_processes_is_named():
+    now = {"timing_method": timing.TIMING_METHOD, "pytest_processes": 1}
+    assert baselines.differences({"timing_method": timing.TIMING_METHOD, "pytest_processes": 4}, now) == [
+        "pytest processes 4 -> 1"]
