@@ -53,8 +53,8 @@ class Measurement:
 
 # Queued ahead of every timed sample: a GPU spin long enough (200k cycles: ~100 us at 2 GHz) for the host to queue
 # the start event, the replay and the end event behind it, so that the GPU runs them back to back. Without it the GPU
-# reaches the start event at once, idles while the host launches the replay, and the sample includes that launch:
-# on an H200 the same Mixtral tests timed 5-14% slower in one process than in another, on the same machine.
+# reaches the start event at once, idles while the host launches the replay, and the sample includes that launch
+# (on an H200 ~7% of the Mixtral medians, and as variable as the host).
 SPIN_CYCLES = 200_000
 TIMING_METHOD = ("CUDA-graph replays (contract section 3), each timed between two CUDA events queued behind a GPU spin "
                  f"of {SPIN_CYCLES} cycles, so that the host's launch of the replay is not timed")

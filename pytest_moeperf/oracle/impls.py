@@ -37,7 +37,7 @@ def load_kernels():
         import moeperf_kernels
     except ImportError as e:
         raise ImplError("the built-in Triton implementations need the package moeperf_kernels, which pytest-moeperf "
-                        f"installs (pip install pytest-moeperf, or pip install -e . in its checkout) ({e})") from None
+                        f"installs (pip install its checkout or wheel; pip install -e . inside the checkout) ({e})") from None
     return moeperf_kernels
 
 
