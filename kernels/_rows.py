@@ -8,8 +8,8 @@ overflow. They move raw bits (the caller passes integer views), so every dtype, 
 import triton
 import triton.language as tl
 
-from ._index import (bucket_counts, bucket_starts, fill_tail, pair_offsets, pair_rows, pair_sizes, place_chunk_routes,
-                     place_routes, route_bucket, table_padding, write_padding)
+from ._index import (bucket_counts, bucket_starts, fill_tail, pair_offsets, pair_rows, pair_sizes,
+                            place_chunk_routes, place_routes, route_bucket, table_padding, write_padding)
 
 
 @triton.jit
