@@ -12,8 +12,9 @@ Peers, called natively:
 - moe-ops (--moe-ops: its wheel or folder, else the installed package): permute_countsort (rows inside an expert in
   atomic order) and unpermute_forward.
 Ours: moeperf_kernels.moe_permute (unaligned) and moe_unpermute. bf16, uniform routing, shapes of the scenarios.
-Bytes = M*H*2*(1+k) (contract section 3), and % of the device-copy ceiling measured in the same process. GPU only
-(TransformerEngine's functions allocate on "cuda"); the table and the loader are tested on the CPU.
+Bytes: problem.moved_bytes (M*H*2*(1+k) here, contract section 3), and % of the device-copy ceiling measured in the
+same process. GPU only (TransformerEngine's functions allocate on "cuda"); the table and the loader are tested on the
+CPU.
 """
 from __future__ import annotations
 
@@ -81,7 +82,7 @@ def load_moe_ops(path: Path | None, into: Path) -> types.ModuleType:
 def calls(peer: str, p, te=None, moe_ops=None) -> tuple[Callable, Callable[[], Callable]]:
     """(permute call, make the unpermute call) of one peer for problem p: the permute returns what its unpermute
     needs, and the unpermute call is built on one permute's outputs."""
-    M, k, E, H = p.M, p.topk_ids.shape[1], p.E, p.H
+    M, k, E, H = p.M, p.k, p.E, p.H
     if peer == "ours":
         import moeperf_kernels as kernels
 
@@ -160,10 +161,10 @@ def bench(shapes: list[str], batches: list[int], te, moe_ops, device: str) -> li
                     continue
                 row["permute"][peer] = timing.measure([permute], TIMING).median
                 row["unpermute"][peer] = timing.measure([unpermute_call()], TIMING).median
-            nbytes = M * p.H * 2 * (1 + p.topk_ids.shape[1])
             for op in ("permute", "unpermute"):
                 ours = row[op].get("ours")
-                row[op + "_pct"] = 0.0 if not ours else 100 * nbytes / ours / 1e3 / ceiling
+                payload = problem.moved_bytes(op, p)[0]  # M*H*2*(1+k) here: bf16, every route local
+                row[op + "_pct"] = 0.0 if not ours else 100 * payload / ours / 1e3 / ceiling
             rows.append(row)
             print(table(rows[-1:], "plain").splitlines()[-1], flush=True)
     return rows
