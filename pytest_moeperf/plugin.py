@@ -117,17 +117,29 @@ def _check_worker_gpu(config) -> str | None:
     return target
 
 
-def _with_gpu(spec: str, gpu: str) -> str:
-    return spec if "env:CUDA_VISIBLE_DEVICES=" in spec else f"{spec}//env:CUDA_VISIBLE_DEVICES={gpu}"
+def _with_gpu(spec: str, gpu: str, sharing: int) -> str:
+    if "env:CUDA_VISIBLE_DEVICES=" in spec:
+        return spec
+    return f"{spec}//env:CUDA_VISIBLE_DEVICES={gpu}//env:{health.WORKERS_PER_GPU_VAR}={sharing}"
 
 
 def pytest_cmdline_main(config):
-    """Under xdist, start worker i with CUDA_VISIBLE_DEVICES set to GPU i mod (visible GPUs)."""
+    """Under xdist, start worker i with CUDA_VISIBLE_DEVICES set to GPU i mod (visible GPUs), telling it how many
+    workers share that GPU. Recording baselines with workers sharing a GPU is refused: on an H200 a kernel timed
+    while sibling workers used the GPU read up to ~17% faster than in a process alone on it (the launch-bound ones;
+    benchmarks/results/h200-2026-12-02-fresh-machine.md), and such a baseline would make every plain run fail."""
     tx = getattr(config.option, "tx", None)
     if config.getoption("moeperf") and tx:
         gpus = visible_gpus()
         if gpus:
-            config.option.tx = [_with_gpu(spec, gpus[i % len(gpus)]) for i, spec in enumerate(tx)]
+            sharing = [sum(1 for i in range(len(tx)) if i % len(gpus) == g) for g in range(len(gpus))]
+            if max(sharing) > 1 and config.getoption("update_baselines"):
+                raise pytest.UsageError(
+                    f"--update-baselines with {len(tx)} xdist workers on {len(gpus)} GPU(s): workers sharing a GPU "
+                    "time each other's kernels faster than a run alone on it does, so the baselines would not match "
+                    "a plain run; record with -n auto (one worker per GPU) or without -n")
+            config.option.tx = [_with_gpu(spec, gpus[i % len(gpus)], sharing[i % len(gpus)])
+                                for i, spec in enumerate(tx)]
 
 
 def pytest_collect_file(file_path, parent):

@@ -40,3 +40,15 @@ def test_the_runs_own_xdist_workers_are_not_other_processes(monkeypatch, tmp_pat
     assert health.problems(h) == ["GPU shared with process(es) 77"]
     monkeypatch.delenv(health.RUN_ID_VAR)
     assert health.run_workers() == set()  # outside xdist: this process only
+
+
+def test_the_environment_a_worker_sends_crosses_execnet():
+    """An xdist worker sends its GPU's environment to the controller through execnet, which refuses str subclasses
+    such as torch.__version__ (on an H200 every `-n 4` worker hung at the end of its session before this)."""
+    import torch
+    from execnet import gateway_base
+
+    from pytest_moeperf.measure import env, timing
+
+    sent = timing.CudaTimer().environment() if torch.cuda.is_available() else env.snapshot()
+    assert gateway_base.loads_internal(gateway_base.dumps_internal(sent)) == sent

@@ -404,13 +404,38 @@ def test_auto_workers_one_per_visible_gpu(env, monkeypatch):
 import os
 def pytest_runtest_setup(item):
     with open(os.path.join(str(item.config.rootpath), "gpus.txt"), "a") as f:
-        f.write(os.environ["PYTEST_XDIST_WORKER"] + " " + os.environ.get("CUDA_VISIBLE_DEVICES", "-") + "\\n")
+        f.write(" ".join([os.environ["PYTEST_XDIST_WORKER"], os.environ.get("CUDA_VISIBLE_DEVICES", "-"),
+                          os.environ.get("MOEPERF_WORKERS_PER_GPU", "-")]) + "\\n")
 """)
     result = env.runpytest("--moeperf", "small.yaml", "-n", "auto", "-k", "correctness and torch")
     result.stdout.fnmatch_lines(["*created: 3/3 workers*"])
     result.assert_outcomes(passed=4)
     seen = set((env.path / "gpus.txt").read_text().split("\n")) - {""}
-    assert seen <= {"gw0 0", "gw1 1", "gw2 2"} and seen, seen
+    assert seen <= {"gw0 0 1", "gw1 1 1", "gw2 2 1"} and seen, seen
+
+
+def test_workers_sharing_a_gpu_are_told_so_and_may_not_record(env, monkeypatch):
+    """Workers sharing a GPU time each other's kernels faster (benchmarks/results/h200-2026-12-02-fresh-machine.md):
+    each worker learns how many share its GPU (recorded in the environment), and --update-baselines is refused."""
+    import pytest_moeperf.plugin as plugin
+
+    env.makefile(".yaml", small=SMALL)
+    monkeypatch.setattr(plugin, "visible_gpus", lambda: ["0", "1"])
+    result = env.runpytest("--moeperf", "small.yaml", "-n", "3", "-k", "timing", "--update-baselines")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["*--update-baselines with 3 xdist workers on 2 GPU(s): workers sharing a GPU*"
+                                 "record with -n auto (one worker per GPU) or without -n*"])
+    env.makeconftest("""
+import os
+def pytest_runtest_setup(item):
+    with open(os.path.join(str(item.config.rootpath), "gpus.txt"), "a") as f:
+        f.write(os.environ["CUDA_VISIBLE_DEVICES"] + " " + os.environ["MOEPERF_WORKERS_PER_GPU"] + "\\n")
+""")
+    env.runpytest("--moeperf", "small.yaml", "-n", "3", "-k", "correctness and torch").assert_outcomes(passed=4)
+    seen = set((env.path / "gpus.txt").read_text().split("\n")) - {""}
+    assert seen <= {"0 2", "1 1"} and seen, seen
+    result = env.runpytest("--moeperf", "small.yaml", "-n", "2", "-k", "correctness and torch", "--update-baselines")
+    result.assert_outcomes(passed=4)
 
 
 def test_markdown_summary_and_github_step_summary(env, monkeypatch):

@@ -65,4 +65,4 @@ def test_a_slow_host_launch_is_not_in_the_sample():
 def test_a_baseline_recorded_by_another_number_of_pytest_processes_is_named():
     now = {"timing_method": timing.TIMING_METHOD, "pytest_processes": 1}
     assert baselines.differences({"timing_method": timing.TIMING_METHOD, "pytest_processes": 4}, now) == [
-        "pytest processes 4 -> 1"]
+        "pytest processes on the GPU 4 -> 1"]

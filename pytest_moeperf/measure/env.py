@@ -46,7 +46,8 @@ def nvidia_smi(index: int) -> dict:
 def snapshot(device=None) -> dict:
     import triton
 
-    env = {"torch": torch.__version__, "triton": triton.__version__, "cuda": torch.version.cuda}
+    # plain strings: torch.__version__ is a str subclass that execnet (xdist workers -> controller) cannot send
+    env = {"torch": str(torch.__version__), "triton": str(triton.__version__), "cuda": torch.version.cuda}
     if torch.cuda.is_available():
         dev = torch.device(device or "cuda")
         index = dev.index if dev.index is not None else torch.cuda.current_device()

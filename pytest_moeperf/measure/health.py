@@ -43,6 +43,7 @@ def _compute_pids(index: int) -> list[int] | None:
 
 
 RUN_ID_VAR = "PYTEST_XDIST_TESTRUNUID"  # pytest-xdist sets it in every worker of a run, the same in all of them
+WORKERS_PER_GPU_VAR = "MOEPERF_WORKERS_PER_GPU"  # set by the plugin in each xdist worker: the workers on its GPU
 
 
 def _run_folder(run_id: str) -> Path:

@@ -261,8 +261,9 @@ class CudaTimer:
     @staticmethod
     def environment() -> dict:
         device = torch.cuda.current_device()
-        # pytest processes of the run (xdist workers, or 1): on one H200 a serial run timed ~8% slower than -n 4
-        processes = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT") or 1)
+        # pytest processes timing on this GPU (xdist workers sharing it, set by the plugin; else 1): on an H200 a
+        # process alone on the GPU timed ~8% slower than one of four -n 4 workers sharing it
+        processes = int(os.environ.get(health.WORKERS_PER_GPU_VAR) or 1)
         return dict(env.snapshot(device), copy_ceiling_gbps=round(copy_ceiling_gbps(device), 1),
                     copy_ceiling_method=CEILING_METHOD, timing_method=TIMING_METHOD, pytest_processes=processes)
 

@@ -32,7 +32,7 @@ def load(path: Path) -> dict:
 
 # What a baseline's environment is compared with when it is read back: (key, what to call it).
 COMPARED = (("device", "GPU model"), ("uuid", "GPU"), ("driver_version", "driver"), ("cuda", "CUDA"),
-            ("torch", "torch"), ("triton", "triton"), ("pytest_processes", "pytest processes"))
+            ("torch", "torch"), ("triton", "triton"), ("pytest_processes", "pytest processes on the GPU"))
 
 
 def differences(recorded: dict, current: dict, sources: str | None = None) -> list[str]:
