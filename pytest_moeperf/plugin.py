@@ -160,9 +160,13 @@ def pytest_xdist_auto_num_workers(config):
     return None
 
 
+XDIST_RUN_ID_KEY = pytest.StashKey[str]()
+
+
 @pytest.hookimpl(optionalhook=True)
 def pytest_configure_node(node):
     if node.config.getoption("moeperf"):
+        node.config.stash[XDIST_RUN_ID_KEY] = node.workerinput["testrunuid"]  # its workers register under it
         node.workerinput["moeperf_gpu_uuids"] = gpu_uuids()
         run = node.config.stash.get(RUN_KEY, None)
         if run is not None and run.reference is not None:
@@ -173,3 +177,6 @@ def pytest_unconfigure(config):
     run = config.stash.get(RUN_KEY, None)
     if run is not None:
         run.remove_reference()
+    run_id = config.stash.get(XDIST_RUN_ID_KEY, None)
+    if run_id is not None:  # the xdist controller, after its workers: their registrations (health.register_worker)
+        health.forget_run(run_id)

@@ -69,14 +69,17 @@ class Reporter:
 
     def _compare_environments(self, current: dict) -> list[str]:
         """One line per distinct difference between the baselines this run was judged against and this run."""
-        timed = sorted({r.scenario for r in self.results})
+        keys: dict[str, list[str]] = {}
+        for r in self.results:
+            keys.setdefault(r.scenario, []).append(r.key)
         by_difference: dict[str, list[str]] = {}
-        for name in timed:
-            recorded = self.run.store.environment(name)
-            if recorded:
-                found = baselines.differences(recorded, current, self.run.sources(name))
+        for name in sorted(keys):
+            recorded = self.run.store.environments(name, keys[name])
+            for environment, count in recorded:
+                found = baselines.differences(environment, current, self.run.sources(name))
                 if found:
-                    by_difference.setdefault("; ".join(found), []).append(name)
+                    which = name if len(recorded) == 1 else f"{name} ({count} of its entries)"
+                    by_difference.setdefault("; ".join(found), []).append(which)
         return [f"baselines of {', '.join(names)} ({self.gpu_slug}) differ from this run: {what}"
                 for what, names in sorted(by_difference.items())]
 

@@ -74,6 +74,42 @@ def test_baseline_update_merges_and_keeps_other_entries(tmp_path):
     assert sorted(p.name for p in path.parent.iterdir()) == ["scn.json"], "no temp or lock files left beside it"
 
 
+def test_entries_kept_from_another_environment_say_where_they_were_timed(tmp_path):
+    """A partial re-record (-k, or a run cut short) leaves a file whose entries come from two environments: each kept
+    entry points to its own (with the date it was written), re-recorded ones carry the file's, and once every entry
+    is re-recorded the pointers are gone."""
+    path = baselines.path_for(tmp_path, "GPU_X", "scn")
+    baselines.update(path, {"a": entry(1.0), "b": entry(2.0), "c": entry(3.0)}, {"torch": "2.11"}, "scn")
+    first = json.loads(path.read_text())["updated"]
+    baselines.update(path, {"b": entry(2.5)}, {"torch": "2.13"}, "scn")
+    f = baselines.load_file(path)
+    assert f.environment == {"torch": "2.13"} and f.environment_of("b") == {"torch": "2.13"}
+    assert f.environment_of("a") == f.environment_of("c") == {"torch": "2.11", "updated": first}
+    assert f.earlier == [{"torch": "2.11", "updated": first}] and f.entries["a"]["median_us"] == 1.0
+    baselines.update(path, {"c": entry(3.5)}, {"torch": "2.14"}, "scn")  # three environments now
+    f = baselines.load_file(path)
+    assert [f.environment_of(k)["torch"] for k in "abc"] == ["2.11", "2.13", "2.14"]
+    store = baselines.BaselineStore(tmp_path, "GPU_X")
+    store.load_all(["scn"])
+    assert [(e["torch"], n) for e, n in store.environments("scn", ["a", "b", "c", "zz"])] == [
+        ("2.11", 1), ("2.13", 1), ("2.14", 1)]
+    baselines.update(path, {"a": entry(1.0), "b": entry(2.0)}, {"torch": "2.14"}, "scn")
+    data = json.loads(path.read_text())
+    assert baselines.EARLIER not in data and all(baselines.RECORDED_IN not in e for e in data["entries"].values())
+
+
+def test_an_entry_pointing_past_the_earlier_environments_is_refused(tmp_path):
+    path = baselines.path_for(tmp_path, "GPU_X", "scn")
+    baselines.update(path, {"a": entry(1.0), "b": entry(2.0)}, {"torch": "2.11"}, "scn")
+    baselines.update(path, {"b": entry(2.0)}, {"torch": "2.13"}, "scn")
+    data = json.loads(path.read_text())
+    data["entries"]["a"][baselines.RECORDED_IN] = 3
+    path.write_text(json.dumps(data))
+    with pytest.raises(baselines.BaselineError, match=r"entry 'a': recorded_in must index earlier_environments "
+                                                      r"\(0 to 0\), got 3; fix or delete it"):
+        baselines.load(path)
+
+
 def test_baseline_write_is_atomic(tmp_path, monkeypatch):
     path = baselines.path_for(tmp_path, "GPU_X", "scn")
     baselines.update(path, {"a": entry(1.0)}, {}, "scn")

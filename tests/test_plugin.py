@@ -289,6 +289,13 @@ def impls():
     changed.assert_outcomes(passed=2)
     changed.stdout.fnmatch_lines(["pytest-moeperf: baselines of small (FAKE_GPU) differ from this run: kernels "
                                   "changed since it was recorded"])
+    # one entry re-recorded on a newer torch: the other keeps its own environment, and the line counts it
+    monkeypatch.setenv("FAKE_ENV", json.dumps({"driver_version": "580.1", "torch": "2.13.0", "uuid": "GPU-aaa"}))
+    run_timed(env, "--update-baselines", "-k", "timing and M3").assert_outcomes(passed=1)
+    mixed = run_timed(env, "-k", "timing")
+    mixed.assert_outcomes(passed=2)
+    mixed.stdout.fnmatch_lines(["pytest-moeperf: baselines of small (1 of its entries) (FAKE_GPU) differ from this "
+                                "run: torch 2.11.0 -> 2.13.0; kernels changed since it was recorded"])
 
 
 def test_missing_baseline_is_new_and_fails_only_when_strict(env):
@@ -745,3 +752,23 @@ def test_injected_regressions_reach_the_markdown_regressions_section_and_the_plo
     assert all(r.outcome.counted and r.outcome.injected == 0.2 for r in results)
     lines = plots.series(results)[("small", "permute")]
     assert sum(len(line.regressions) for line in lines) == 6
+
+
+def test_the_workers_registrations_are_removed_after_the_run(env):
+    """Each xdist worker registers itself for the health check (health.register_worker) in a folder of the run; the
+    controller removes it at the end, so that runs leave nothing behind in the temporary directory."""
+    from pytest_moeperf.measure import health
+
+    env.makefile(".yaml", small=SMALL)
+    env.makeconftest("""
+import os
+from pytest_moeperf.measure import health
+def pytest_runtest_setup(item):
+    with open(os.path.join(str(item.config.rootpath), "workers.txt"), "a") as f:
+        f.write(str(len(health.run_workers())) + "\\n")
+""")
+    run_id = f"moeperf-test-{os.getpid()}"
+    result = env.runpytest("--moeperf", "small.yaml", "-n", "2", "--testrunuid", run_id, "-k", "correctness and torch")
+    result.assert_outcomes(passed=4)
+    assert {int(n) for n in (env.path / "workers.txt").read_text().split()} == {2}
+    assert not health._run_folder(run_id).exists()

@@ -62,6 +62,11 @@ def register_worker(run_id: str) -> None:
         pass
 
 
+def forget_run(run_id: str) -> None:
+    """Remove run `run_id`'s list of workers (the controller does, once its workers are done)."""
+    shutil.rmtree(_run_folder(run_id), ignore_errors=True)
+
+
 def run_workers(run_id: str | None = None) -> set[int]:
     """PIDs of the xdist workers registered for run `run_id` (this process's run by default; none outside xdist)."""
     run_id = run_id or os.environ.get(RUN_ID_VAR)

@@ -1,6 +1,7 @@
 """Baseline files: baselines/<gpu-slug>/<scenario>.json, merged and written atomically (docs/contract.md section 4)."""
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import json
 import math
@@ -27,7 +28,7 @@ def path_for(root: Path, gpu_slug: str, scenario: str) -> Path:
 
 def load(path: Path) -> dict:
     """The file's entries ({} when there is no file). A file that cannot be read or parsed is an error."""
-    return load_file(path)[0]
+    return load_file(path).entries
 
 
 # What a baseline's environment is compared with when it is read back: (key, what to call it).
@@ -73,12 +74,30 @@ def entry_problem(entry) -> str | None:
     return None
 
 
-def load_file(path: Path) -> tuple[dict, dict]:
-    """(entries, environment) of a baseline file (both {} when there is no file). A file that cannot be read or
-    parsed is an error."""
+# A file holds one environment, the last writer's ("environment"). When a run re-records only some entries (-k, or a
+# run cut short), the entries it kept from another environment point to it by index ("recorded_in") in
+# "earlier_environments" (each with the date it was written), so that every entry says where it was timed.
+EARLIER = "earlier_environments"
+RECORDED_IN = "recorded_in"
+
+
+@dataclasses.dataclass
+class BaselineFile:
+    entries: dict[str, dict]
+    environment: dict  # the last writer's, and that of every entry without RECORDED_IN
+    earlier: list[dict]  # the environments of the entries with RECORDED_IN (an index into this list)
+    updated: str | None = None
+
+    def environment_of(self, key: str) -> dict:
+        index = self.entries[key].get(RECORDED_IN)
+        return self.environment if index is None else self.earlier[index]
+
+
+def load_file(path: Path) -> BaselineFile:
+    """A baseline file (empty when there is none). A file that cannot be read or parsed is an error."""
     path = Path(path)
     if not path.exists():
-        return {}, {}
+        return BaselineFile({}, {}, [])
     try:
         data = json.loads(path.read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
@@ -88,13 +107,21 @@ def load_file(path: Path) -> tuple[dict, dict]:
     if not isinstance(data, dict) or data.get("schema") != SCHEMA or not isinstance(data.get("entries"), dict):
         raise BaselineError(f"baseline file {path} is not a pytest-moeperf baseline (schema {SCHEMA} with "
                             f"'entries'); fix or delete it - it will not be overwritten")
+    earlier = data.get(EARLIER, [])
+    if not isinstance(earlier, list) or not all(isinstance(e, dict) for e in earlier):
+        raise BaselineError(f"baseline file {path}: {EARLIER} must be a list of mappings; fix or delete it - it will "
+                            f"not be overwritten")
     for key, entry in data["entries"].items():
         why = entry_problem(entry)
+        index = entry.get(RECORDED_IN) if isinstance(entry, dict) else None
+        if not why and index is not None and not (type(index) is int and 0 <= index < len(earlier)):
+            why = f"{RECORDED_IN} must index {EARLIER} (0 to {len(earlier) - 1}), got {str(index)[:40]}"
         if why:
             raise BaselineError(f"baseline file {path}: entry {str(key)[:100]!r}: {why}; fix or delete it - it will "
                                 f"not be overwritten")
     environment = data.get("environment")
-    return data["entries"], environment if isinstance(environment, dict) else {}
+    return BaselineFile(data["entries"], environment if isinstance(environment, dict) else {}, earlier,
+                        data.get("updated"))
 
 
 def _rounded(entry: dict) -> dict:
@@ -109,19 +136,40 @@ def _rounded(entry: dict) -> dict:
     return out
 
 
+def _undated(environment: dict) -> dict:
+    return {k: v for k, v in environment.items() if k != "updated"}
+
+
 def update(path: Path, entries: dict[str, dict], environment: dict, scenario: str) -> None:
-    """Write or replace `entries`, keep every other entry, atomically (temp file + rename, under a lock)."""
+    """Write or replace `entries`, keep every other entry, atomically (temp file + rename, under a lock). The file's
+    environment becomes `environment`; a kept entry timed in another one points to it (RECORDED_IN)."""
     path = Path(path)
     with files.file_lock(path):
-        merged = load(path)
+        old = load_file(path)
+        merged, earlier = {}, []
+        for key, entry in old.entries.items():
+            if key in entries:
+                continue
+            was = old.environment_of(key)
+            if _undated(was) != _undated(environment):
+                if old.environment and was is old.environment:  # the last writer's: keep when it wrote
+                    was = dict(was, updated=old.updated)
+                if was not in earlier:
+                    earlier.append(was)
+                entry = dict(entry, **{RECORDED_IN: earlier.index(was)})
+            else:
+                entry = {k: v for k, v in entry.items() if k != RECORDED_IN}
+            merged[key] = entry
         merged.update({k: _rounded(v) for k, v in entries.items()})
         data = {
             "schema": SCHEMA,
             "scenario": scenario,
             "environment": environment,
             "updated": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-            "entries": merged,
+            "entries": dict(sorted(merged.items())),
         }
+        if earlier:
+            data[EARLIER] = earlier
         files.write_json_atomic(path, data)
 
 
@@ -131,14 +179,13 @@ class BaselineStore:
 
     def __init__(self, root: Path, gpu_slug: str | None):
         self.root, self.gpu_slug = Path(root), gpu_slug
-        self._entries: dict[str, dict] = {}
-        self._environments: dict[str, dict] = {}
+        self._files: dict[str, BaselineFile] = {}
 
     def path(self, scenario: str) -> Path:
         return path_for(self.root, self.gpu_slug, scenario)
 
     def _load(self, scenario: str) -> None:
-        self._entries[scenario], self._environments[scenario] = load_file(self.path(scenario))
+        self._files[scenario] = load_file(self.path(scenario))
 
     def load_all(self, scenarios) -> None:
         """Read these scenarios' files now: a corrupted one stops the run before any test (BaselineError)."""
@@ -146,13 +193,24 @@ class BaselineStore:
             self._load(name)
 
     def entry(self, scenario: str, key: str) -> dict | None:
-        if scenario not in self._entries:
+        if scenario not in self._files:
             self._load(scenario)
-        return self._entries[scenario].get(key)
+        return self._files[scenario].entries.get(key)
 
-    def environment(self, scenario: str) -> dict:
-        """The environment the scenario's file was recorded in ({} when it was not read or has none)."""
-        return self._environments.get(scenario, {})
+    def environments(self, scenario: str, keys) -> list[tuple[dict, int]]:
+        """The environments the entries `keys` of the scenario's file were recorded in, each with how many of those
+        entries it holds ([] when the file was not read or holds none of them)."""
+        f = self._files.get(scenario)
+        found: list[tuple[dict, int]] = []
+        for key in keys:
+            if f is not None and key in f.entries:
+                was = f.environment_of(key)
+                i = next((i for i, (e, _) in enumerate(found) if e is was), None)
+                if i is None:
+                    found.append((was, 1))
+                else:
+                    found[i] = (was, found[i][1] + 1)
+        return found
 
     def write(self, results, environments: dict[str, dict], sources) -> tuple[list[tuple[Path, int]], list[str]]:
         """Merge the results' baseline entries into their files (one per GPU and scenario), each with the environment
