@@ -132,7 +132,7 @@ def pytest_cmdline_main(config):
     if config.getoption("moeperf") and tx:
         gpus = visible_gpus()
         if gpus:
-            sharing = [sum(1 for i in range(len(tx)) if i % len(gpus) == g) for g in range(len(gpus))]
+            sharing = [len(tx[g::len(gpus)]) for g in range(len(gpus))]  # workers per GPU
             if max(sharing) > 1 and config.getoption("update_baselines"):
                 raise pytest.UsageError(
                     f"--update-baselines with {len(tx)} xdist workers on {len(gpus)} GPU(s): workers sharing a GPU "

@@ -402,22 +402,30 @@ def test_a_regression_on_a_throttled_or_shared_gpu_is_reported_not_counted(env, 
     run_timed(env, "-k", "timing and permute", factor="1.5").assert_outcomes(failed=6)
 
 
-def test_auto_workers_one_per_visible_gpu(env, monkeypatch):
-    import pytest_moeperf.plugin as plugin
-
-    env.makefile(".yaml", small=SMALL)
-    monkeypatch.setattr(plugin, "visible_gpus", lambda: ["0", "1", "2"])
-    env.makeconftest("""
+# A conftest logging, for each test, "<worker> <CUDA_VISIBLE_DEVICES> <MOEPERF_WORKERS_PER_GPU>" into gpus.txt.
+WORKER_GPU_LOG = """
 import os
 def pytest_runtest_setup(item):
     with open(os.path.join(str(item.config.rootpath), "gpus.txt"), "a") as f:
         f.write(" ".join([os.environ["PYTEST_XDIST_WORKER"], os.environ.get("CUDA_VISIBLE_DEVICES", "-"),
                           os.environ.get("MOEPERF_WORKERS_PER_GPU", "-")]) + "\\n")
-""")
+"""
+
+
+def logged_worker_gpus(env) -> set[str]:
+    return set((env.path / "gpus.txt").read_text().split("\n")) - {""}
+
+
+def test_auto_workers_one_per_visible_gpu(env, monkeypatch):
+    import pytest_moeperf.plugin as plugin
+
+    env.makefile(".yaml", small=SMALL)
+    monkeypatch.setattr(plugin, "visible_gpus", lambda: ["0", "1", "2"])
+    env.makeconftest(WORKER_GPU_LOG)
     result = env.runpytest("--moeperf", "small.yaml", "-n", "auto", "-k", "correctness and torch")
     result.stdout.fnmatch_lines(["*created: 3/3 workers*"])
     result.assert_outcomes(passed=4)
-    seen = set((env.path / "gpus.txt").read_text().split("\n")) - {""}
+    seen = logged_worker_gpus(env)
     assert seen <= {"gw0 0 1", "gw1 1 1", "gw2 2 1"} and seen, seen
 
 
@@ -432,15 +440,10 @@ def test_workers_sharing_a_gpu_are_told_so_and_may_not_record(env, monkeypatch):
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     result.stderr.fnmatch_lines(["*--update-baselines with 3 xdist workers on 2 GPU(s): workers sharing a GPU*"
                                  "record with -n auto (one worker per GPU) or without -n*"])
-    env.makeconftest("""
-import os
-def pytest_runtest_setup(item):
-    with open(os.path.join(str(item.config.rootpath), "gpus.txt"), "a") as f:
-        f.write(os.environ["CUDA_VISIBLE_DEVICES"] + " " + os.environ["MOEPERF_WORKERS_PER_GPU"] + "\\n")
-""")
+    env.makeconftest(WORKER_GPU_LOG)
     env.runpytest("--moeperf", "small.yaml", "-n", "3", "-k", "correctness and torch").assert_outcomes(passed=4)
-    seen = set((env.path / "gpus.txt").read_text().split("\n")) - {""}
-    assert seen <= {"0 2", "1 1"} and seen, seen
+    seen = logged_worker_gpus(env)
+    assert seen <= {"gw0 0 2", "gw1 1 1", "gw2 0 2"} and seen, seen
     result = env.runpytest("--moeperf", "small.yaml", "-n", "2", "-k", "correctness and torch", "--update-baselines")
     result.assert_outcomes(passed=4)
 

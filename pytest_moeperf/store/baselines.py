@@ -1,6 +1,7 @@
 """Baseline files: baselines/<gpu-slug>/<scenario>.json, merged and written atomically (docs/contract.md section 4)."""
 from __future__ import annotations
 
+import collections
 import dataclasses
 import datetime
 import json
@@ -89,8 +90,15 @@ class BaselineFile:
     updated: str | None = None
 
     def environment_of(self, key: str) -> dict:
-        index = self.entries[key].get(RECORDED_IN)
+        return self._environment_at(self.entries[key].get(RECORDED_IN))
+
+    def _environment_at(self, index: int | None) -> dict:
         return self.environment if index is None else self.earlier[index]
+
+    def environments(self, keys) -> list[tuple[dict, int]]:
+        """The environments the entries `keys` were recorded in, each with how many of them it holds."""
+        held = collections.Counter(self.entries[k].get(RECORDED_IN) for k in keys if k in self.entries)
+        return [(self._environment_at(index), count) for index, count in held.items()]
 
 
 def load_file(path: Path) -> BaselineFile:
@@ -150,15 +158,15 @@ def update(path: Path, entries: dict[str, dict], environment: dict, scenario: st
         for key, entry in old.entries.items():
             if key in entries:
                 continue
+            index = entry.get(RECORDED_IN)
             was = old.environment_of(key)
+            entry = {k: v for k, v in entry.items() if k != RECORDED_IN}
             if _undated(was) != _undated(environment):
-                if old.environment and was is old.environment:  # the last writer's: keep when it wrote
+                if index is None and old.environment:  # the last writer's: keep when it wrote
                     was = dict(was, updated=old.updated)
                 if was not in earlier:
                     earlier.append(was)
-                entry = dict(entry, **{RECORDED_IN: earlier.index(was)})
-            else:
-                entry = {k: v for k, v in entry.items() if k != RECORDED_IN}
+                entry[RECORDED_IN] = earlier.index(was)
             merged[key] = entry
         merged.update({k: _rounded(v) for k, v in entries.items()})
         data = {
@@ -166,7 +174,7 @@ def update(path: Path, entries: dict[str, dict], environment: dict, scenario: st
             "scenario": scenario,
             "environment": environment,
             "updated": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-            "entries": dict(sorted(merged.items())),
+            "entries": merged,
         }
         if earlier:
             data[EARLIER] = earlier
@@ -198,19 +206,9 @@ class BaselineStore:
         return self._files[scenario].entries.get(key)
 
     def environments(self, scenario: str, keys) -> list[tuple[dict, int]]:
-        """The environments the entries `keys` of the scenario's file were recorded in, each with how many of those
-        entries it holds ([] when the file was not read or holds none of them)."""
+        """BaselineFile.environments of the scenario's file ([] when it was not read)."""
         f = self._files.get(scenario)
-        found: list[tuple[dict, int]] = []
-        for key in keys:
-            if f is not None and key in f.entries:
-                was = f.environment_of(key)
-                i = next((i for i, (e, _) in enumerate(found) if e is was), None)
-                if i is None:
-                    found.append((was, 1))
-                else:
-                    found[i] = (was, found[i][1] + 1)
-        return found
+        return f.environments(keys) if f is not None else []
 
     def write(self, results, environments: dict[str, dict], sources) -> tuple[list[tuple[Path, int]], list[str]]:
         """Merge the results' baseline entries into their files (one per GPU and scenario), each with the environment
