@@ -16,6 +16,7 @@ built-in defaults, back to back: the medians of both sides and the median of the
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import datetime
 import json
@@ -92,16 +93,16 @@ def profile_rows(rows: list, jobs: list, device) -> None:
 
 def compare_with_default(calls, timing_cfg, rounds: int = 5) -> list:
     """[whether a tuned entry serves this call, tuned us, default us, tuned / default]. Each of `rounds` rounds
-    captures both sides anew (tuned configs, then the built-in defaults) and replays them in turns
-    (timing.measure_interleaved); the medians of each side and the median of the rounds' ratios."""
+    captures both sides anew (tuned configs, then the built-in defaults, in one memory pool: timing.capture_in_turn)
+    and replays them in turns (timing.measure_interleaved); the medians of each side and the median of the rounds'
+    ratios."""
     with tuning.recording() as read:
         calls[0]()
     entry = any(tuning.read_table(tuning.CONFIG_DIR / r.name, r.op).get(r.M) for r in read if r.op in tuning.OPS)
     tuned_us, default_us, ratios = [], [], []
     for _ in range(rounds):
-        tuned = timing.capture(calls, timing_cfg)
-        with tuning.configs_from(Path("/nonexistent")):
-            default = timing.capture(calls, timing_cfg)
+        tuned, default = timing.capture_in_turn([calls, calls], timing_cfg, [
+            contextlib.nullcontext, lambda: tuning.configs_from(Path("/nonexistent"))])
         a, b = timing.measure_interleaved([tuned, default], timing_cfg)
         tuned_us.append(a.median)
         default_us.append(b.median)

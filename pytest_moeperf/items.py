@@ -109,8 +109,11 @@ class TimingItem(_Item):
         if self.scenario.timing.l2 == "cold":
             input_sets = timer.input_sets_for_cold_l2(payload + extra, first.hidden.device)
 
-        def make_calls(reuse_first: bool = False, impl=self.impl) -> list:
-            sets = [first if reuse_first and i == 0 else self.problem(i) for i in range(input_sets)]
+        def inputs(fresh: bool) -> list:
+            """The input sets of one measurement: the checked `first` and the others, or (fresh) all made anew."""
+            return [first if i == 0 and not fresh else self.problem(i) for i in range(input_sets)]
+
+        def calls_on(sets: list, impl=self.impl) -> list:
             return [impl.prepare(self.op, p) for p in sets]
 
         ceiling = timer.ceiling_gbps(first.hidden.device)
@@ -118,14 +121,14 @@ class TimingItem(_Item):
         reference = None
         if run.reference is not None:
             ref_impl = self._reference_impl(first)
-            m, ref, v, confirmed, injected = self._measure_against(timer, ref_impl, make_calls, threshold,
+            m, ref, v, confirmed, injected = self._measure_against(timer, ref_impl, inputs, calls_on, threshold,
                                                                    first.hidden.device)
             base = {"median_us": ref.median}
             reference = {"ref": run.reference.ref, "commit": run.reference.commit, "median_us": ref.median,
                          "ratio": v.ratio, "low": v.low, "high": v.high}
         else:
             base = run.baseline_entry(self.scenario, self.key)
-            m, v, confirmed, injected = self._measure_and_judge(timer, make_calls(reuse_first=True), make_calls, base,
+            m, v, confirmed, injected = self._measure_and_judge(timer, lambda fresh: calls_on(inputs(fresh)), base,
                                                                 threshold, first.hidden.device)
 
         gpu_health, excuses = None, []
@@ -179,30 +182,34 @@ class TimingItem(_Item):
                         f"{str(e).splitlines()[0]}")
         return ref_impl
 
-    def _measure_against(self, timer, ref_impl, make_calls, threshold, device):
-        """--moeperf-against: the current implementation and the reference's on the same inputs, replays
+    def _measure_against(self, timer, ref_impl, inputs, calls_on, threshold, device):
+        """--moeperf-against: the current implementation and the reference's on the same input sets (the very same
+        tensors: Impl.prepare shares what it derives from a problem, so neither side's data lies elsewhere), replays
         interleaved, judged on the paired ratios, a regression confirmed as _confirm says. An injected slowdown (of
         the reference's median) slows the current side only. Returns (current, reference, verdict, confirmed,
         injected)."""
         timing = self.scenario.timing
         injected, slow = None, (lambda calls: calls)
         with timer.lock():
-            current, reference = make_calls(reuse_first=True), make_calls(reuse_first=True, impl=ref_impl)
+            first = inputs(False)
+            current, reference = calls_on(first), calls_on(first, ref_impl)
             fraction = self.run_state.settings.inject_slowdown
             if fraction:
                 slow, injected = timer.slow_down(current, fraction * timer.measure(reference, timing).median, device,
                                                  timing)
                 injected["fraction"] = fraction
 
-            def once(fresh: bool):
-                sides = (make_calls(), make_calls(impl=ref_impl)) if fresh else (current, reference)
-                a, b = timer.interleave([slow(sides[0]), sides[1]], timing)
+            def once(fresh: bool):  # the confirmation changes what is incidental: new inputs, the other side
+                sets = inputs(True) if fresh else first  # captured first
+                sides = (calls_on(sets), calls_on(sets, ref_impl)) if fresh else (current, reference)
+                a, b = timer.interleave([slow(sides[0]), sides[1]], timing, reverse_capture=fresh)
                 return (a, b), verdict.judge_paired(a.samples_us, b.samples_us, threshold)
             (a, b), v, confirmed = _confirm(once)
         return a, b, v, confirmed, injected
 
-    def _measure_and_judge(self, timer, calls, make_calls, base, threshold, device):
-        """Measure and judge against the stored baseline, a regression confirmed as _confirm says.
+    def _measure_and_judge(self, timer, make_calls, base, threshold, device):
+        """Measure and judge against the stored baseline (make_calls(fresh): the calls on the test's inputs, or on
+        inputs made anew), a regression confirmed as _confirm says.
 
         Each measurement is repeated while its spread exceeds MAX_SPREAD (up to TRIES), keeping the tightest: a
         disturbed run must neither become a baseline nor fail a test. With --moeperf-inject-slowdown every call is
@@ -214,6 +221,7 @@ class TimingItem(_Item):
         timing = self.scenario.timing
         injected, slow = None, (lambda calls: calls)
         with timer.lock():
+            calls = make_calls(False)
             fraction = self.run_state.settings.inject_slowdown
             if fraction:
                 ref_us = base["median_us"] if base else timer.measure(calls, timing).median
@@ -221,7 +229,7 @@ class TimingItem(_Item):
                 injected["fraction"] = fraction
 
             def once(fresh: bool):
-                m = self._steady_measure(timer, slow(make_calls() if fresh else calls))
+                m = self._steady_measure(timer, slow(make_calls(True) if fresh else calls))
                 return m, verdict.judge(m.samples_us, baseline_samples, threshold, floor)
             m, v, confirmed = _confirm(once)
         return m, v, confirmed, injected

@@ -1,5 +1,5 @@
 """--moeperf-against: the current code timed against a reference revision in the same process (the pull-request
-gate). On the CPU a fake timer stands in for the GPU (tests/test_plugin.py); the loading of a revision is real."""
+gate). On the CPU a fake timer stands in for the GPU (tests/fake_gpu.py); the loading of a revision is real."""
 import json
 import shutil
 import subprocess
@@ -11,7 +11,7 @@ import torch
 
 from pytest_moeperf.gate import verdict
 from pytest_moeperf.oracle import revision
-from tests.test_plugin import FAKE_TIMER, SMALL, run_timed
+from tests.fake_gpu import FAKE_TIMER, SMALL, run_timed
 
 REPO = Path(__file__).resolve().parents[1]
 MINE = """
@@ -178,3 +178,63 @@ def test_the_built_in_kernels_are_compared_with_the_revisions_kernels(env):
     result.stdout.fnmatch_lines(["*HEAD (*) has no permute of 'torch' to compare with*"])
     impls = {r["impl"] for r in json.loads((env.path / "o.json").read_text())["results"]}
     assert impls == {"customized", "standard"}
+
+
+LOGGED = """
+import os
+from moeperf_kernels import moe_permute, moe_unpermute
+
+def _log(name, *tensors):
+    with open(os.environ["CALL_LOG"], "a") as f:
+        f.write(f"{os.environ.get('SIDE', '-')} {name} {[t.data_ptr() for t in tensors if t is not None]}\\n")
+
+def permute(hidden, scale, ids, n_expert, n_local_expert, expert_map=None, align_block_size=None, **kw):
+    _log("permute", hidden, scale, ids, expert_map)
+    return moe_permute(hidden, scale, ids, n_expert, n_local_expert, expert_map, align_block_size, **kw)
+
+def unpermute(out, rows, weights, inv, offsets):
+    _log("unpermute", out, rows, weights, inv, offsets)
+    return moe_unpermute(out, rows, weights, inv, offsets)
+
+def impls():
+    return {"permute": permute, "unpermute": unpermute}
+"""
+SIDES = FAKE_TIMER + """
+_interleaves = iter(range(1000))
+_plain_interleave = FakeTimer.interleave
+def _interleave(self, sides, cfg, reverse_capture=False):  # each side's calls once, its tensors logged under
+    n = next(_interleaves)                                    # "interleave:side" (the first side captured first?)
+    for i, calls in enumerate(sides):
+        os.environ["SIDE"] = f"{n}:{i}:{'reversed' if reverse_capture else 'in-order'}"
+        for c in calls:
+            c()
+    os.environ["SIDE"] = "-"
+    return _plain_interleave(self, sides, cfg, reverse_capture)
+FakeTimer.interleave = _interleave
+"""
+
+
+def test_both_sides_are_timed_on_the_very_same_tensors_and_confirmed_on_new_ones(env, monkeypatch):
+    """An A/B pair must differ in code only: the reference reads the current side's inputs and writes its outputs
+    (an unpermute's expert rows and `out` too, which the harness derives per problem), and the confirmation of a
+    regression gives both sides the same freshly made inputs and captures the reference first."""
+    scenario = AB.replace("impls: ['mine:impls']", "impls: ['mine:impls']\nops: [permute, unpermute]")
+    scenario = scenario.replace("ops: [permute, align]\n", "")
+    repository(env.path, {"mine.py": LOGGED, "small.yaml": scenario})
+    env.makeconftest(SIDES)
+    log = env.path / "calls.log"
+    monkeypatch.setenv("CALL_LOG", str(log))
+    slower = run_timed(env, "-k", "timing", "--moeperf-against", "HEAD", factor="1.1")
+    slower.assert_outcomes(failed=4)  # permute and unpermute at M = 1 and 3, each confirmed on new inputs
+    sides: dict[str, list[str]] = {}
+    for line in log.read_text().splitlines():
+        side, call = line.split(" ", 1)
+        if side != "-":
+            sides.setdefault(side, []).append(call)
+    assert len(sides) == 4 * 2 * 2  # 4 tests x (first + confirmation) x 2 sides
+    for n in range(8):  # the first measurement of each test captures the current side first, the confirmation
+        order = "reversed" if n % 2 else "in-order"  # the reference
+        current, reference = sides[f"{n}:0:{order}"], sides[f"{n}:1:{order}"]
+        assert current and current == reference, (n, current, reference)
+    for test in range(4):  # the confirmation's inputs are new tensors
+        assert sides[f"{2 * test}:0:in-order"] != sides[f"{2 * test + 1}:0:reversed"]

@@ -7,9 +7,9 @@ import moeperf_kernels as kernels
 from pytest_moeperf.inputs import problem
 from pytest_moeperf.oracle import impls, reference
 from pytest_moeperf.spec import scenario
-from tests.test_plugin import FAKE_TIMER
-from tests.test_plugin import SMALL as PLUGIN_SMALL
-from tests.test_plugin import run_timed
+from tests.fake_gpu import FAKE_TIMER
+from tests.fake_gpu import SMALL as PLUGIN_SMALL
+from tests.fake_gpu import run_timed
 
 SMALL = """
 shape: {num_experts: 8, topk: 2, hidden_size: 64, intermediate_size: 128}

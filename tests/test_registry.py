@@ -4,7 +4,7 @@ import json
 import pytest
 
 from pytest_moeperf.oracle import impls, registry
-from tests.test_plugin import FAKE_TIMER, SMALL, run_timed
+from tests.fake_gpu import FAKE_TIMER, SMALL, run_timed
 
 REGISTERING = FAKE_TIMER + '''
 import mykernel

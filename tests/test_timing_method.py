@@ -1,11 +1,13 @@
 """Each timed sample holds the GPU's work only: the host's launch of the replay is kept out by a GPU spin queued
 ahead of the start event (measure/timing.py, TIMING_METHOD), and a baseline timed another way is named as such."""
+import contextlib
 import time
 
 import pytest
 import torch
 
 from pytest_moeperf.measure import timing
+from pytest_moeperf.spec.scenario import Timing
 from pytest_moeperf.store import baselines
 
 
@@ -66,3 +68,41 @@ def test_a_baseline_recorded_by_another_number_of_pytest_processes_is_named():
     now = {"timing_method": timing.TIMING_METHOD, "pytest_processes": 1}
     assert baselines.differences({"timing_method": timing.TIMING_METHOD, "pytest_processes": 4}, now) == [
         "pytest processes on the GPU 4 -> 1"]
+
+
+def test_every_side_after_the_first_is_captured_into_the_first_ones_pool(monkeypatch):
+    captured, entered = [], []
+
+    def fake_capture(calls, t, pool=None):
+        captured.append((calls, pool, entered[-1]))
+        return timing.Captured(lambda: None, 1, 1, "graph", pool=pool or f"pool of {calls}")
+
+    @contextlib.contextmanager
+    def context(name):
+        entered.append(name)
+        yield
+
+    monkeypatch.setattr(timing, "capture", fake_capture)
+    sides = timing.capture_in_turn(["a", "b", "c"], Timing(), [lambda n=n: context(n) for n in ("x", "y", "z")])
+    assert captured == [("a", None, "x"), ("b", "pool of a", "y"), ("c", "pool of a", "z")]
+    assert {s.pool for s in sides} == {"pool of a"}
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a GPU")
+def test_sides_captured_in_turn_allocate_at_the_same_addresses():
+    x = torch.ones(1 << 20, device="cuda")
+    seen = {0: [], 1: []}
+
+    def side(i):
+        def call():
+            y = x * 2  # allocated inside the graph
+            seen[i].append(y.data_ptr())
+            return y
+        return [call]
+
+    a, b = timing.capture_in_turn([side(0), side(1)], Timing(invocations=2, samples=3, warmup=1))
+    assert a.mode == b.mode == "graph" and a.pool == b.pool
+    assert seen[0][-1] == seen[1][-1]  # the output each graph writes: the same memory
+    a.run()
+    b.run()
+    torch.cuda.synchronize()

@@ -23,6 +23,15 @@ class Problem:
     expert_map: torch.Tensor | None
     local_routes: int  # routes this EP rank keeps
     activations: torch.Tensor  # the 16-bit hidden states before any fp8 quantization (fused_experts' input)
+    derived: dict = dataclasses.field(default_factory=dict, repr=False, compare=False)  # see shared()
+
+    def shared(self, key: str, make):
+        """What make() derives from these inputs for timing (an unpermute's expert rows, its output buffer), made
+        once per problem: every implementation prepared on this problem then reads and writes the very same tensors,
+        so that an A/B comparison (--moeperf-against) times two codes, not two places in memory."""
+        if key not in self.derived:
+            self.derived[key] = make()
+        return self.derived[key]
 
     @property
     def E(self) -> int:

@@ -1,6 +1,7 @@
 """CUDA-graph timing (docs/contract.md section 3) and the device-copy ceiling it is compared with."""
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import itertools
 import os
@@ -105,11 +106,13 @@ class Captured:
     sets: int
     mode: str
     note: str = ""
+    pool: object = None  # the graph's memory pool (mode "graph")
 
 
-def capture(calls: list[Callable[[], object]], timing: Timing) -> Captured:
+def capture(calls: list[Callable[[], object]], timing: Timing, pool=None) -> Captured:
     """One CUDA graph of max(invocations, sets) calls (one per input set, rotated), rounded to a whole number of
-    rotations; an eager loop of the same calls when they cannot be captured (they sync or allocate)."""
+    rotations, allocating from `pool` (another graph's) when given; an eager loop of the same calls when they cannot
+    be captured (they sync or allocate)."""
     sets = len(calls)
     n = graph_calls(timing, sets)
     torch.cuda.synchronize()
@@ -121,7 +124,7 @@ def capture(calls: list[Callable[[], object]], timing: Timing) -> Captured:
                 c()
         torch.cuda.current_stream().wait_stream(stream)
         graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
+        with torch.cuda.graph(graph, pool=pool):
             for i in range(n):
                 calls[i % sets]()
         torch.cuda.synchronize()
@@ -133,7 +136,21 @@ def capture(calls: list[Callable[[], object]], timing: Timing) -> Captured:
             for i in range(n):
                 calls[i % sets]()
         return Captured(eager, n, sets, "eager", f"not capturable in a CUDA graph ({reason}); timed eagerly")
-    return Captured(graph.replay, n, sets, "graph")
+    return Captured(graph.replay, n, sets, "graph", pool=graph.pool())
+
+
+def capture_in_turn(sides: list[list[Callable[[], object]]], timing: Timing,
+                    contexts: list[Callable[[], typing.ContextManager]] | None = None) -> list[Captured]:
+    """Each side's calls captured (inside its context, when given) for measure_interleaved, every graph allocating
+    from the first one's memory pool: what a side allocates inside its graph (outputs, workspaces) then lies where
+    the first side's did, at the same addresses for the same allocations, so that the sides are not told apart by
+    where their memory happens to lie. Sharing is safe here: the graphs replay one at a time on one stream, and
+    nothing reads what one left in the pool."""
+    captured: list[Captured] = []
+    for i, calls in enumerate(sides):
+        with contexts[i]() if contexts else contextlib.nullcontext():
+            captured.append(capture(calls, timing, next((c.pool for c in captured if c.pool is not None), None)))
+    return captured
 
 
 def measure(calls: list[Callable[[], object]], timing: Timing) -> Measurement:
@@ -242,17 +259,17 @@ class CudaTimer:
     def compare(calls, timing: Timing, contexts: list[Callable[[], typing.ContextManager]]) -> list[Measurement]:
         """The same calls captured once inside each context (another launch config) and the captures replayed in
         turns (measure_interleaved): one Measurement per context."""
-        captured = []
-        for context in contexts:
-            with context():
-                captured.append(capture(calls, timing))
-        return measure_interleaved(captured, timing)
+        return measure_interleaved(capture_in_turn([calls] * len(contexts), timing, contexts), timing)
 
     @staticmethod
-    def interleave(sides: list[list[Callable[[], object]]], timing: Timing) -> list[Measurement]:
-        """Each side's calls (the current implementation, the reference's) captured and replayed in turns: one
-        Measurement per side, sample i of each taken back to back."""
-        return measure_interleaved([capture(calls, timing) for calls in sides], timing)
+    def interleave(sides: list[list[Callable[[], object]]], timing: Timing,
+                   reverse_capture: bool = False) -> list[Measurement]:
+        """Each side's calls (the current implementation, the reference's) captured (the last side first when
+        reverse_capture) and replayed in turns: one Measurement per side, in the order given, sample i of each taken
+        back to back."""
+        if not reverse_capture:
+            return measure_interleaved(capture_in_turn(sides, timing), timing)
+        return measure_interleaved(capture_in_turn(sides[::-1], timing)[::-1], timing)
 
     input_sets_for_cold_l2 = staticmethod(input_sets_for_cold_l2)
     ceiling_gbps = staticmethod(copy_ceiling_gbps)
@@ -295,8 +312,9 @@ class CudaTimer:
                 return run
             return lambda cs: [slowed(c) for c in cs]
 
-        def added(nbytes: int, every: int) -> float:
-            return measure(with_copy(nbytes, every)(calls), quick).median - measure(calls, quick).median
+        def added(nbytes: int, every: int) -> float:  # the median of paired differences, as the A/B gate pairs
+            slowed, plain = measure_interleaved(capture_in_turn([with_copy(nbytes, every)(calls), calls], quick), quick)
+            return statistics.median(a - b for a, b in zip(slowed.samples_us, plain.samples_us))
 
         guess = int(extra_us * copy_ceiling_gbps(device) * 1e3 / 2)
         for _ in range(2):

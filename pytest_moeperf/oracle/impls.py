@@ -37,7 +37,8 @@ def load_kernels():
         import moeperf_kernels
     except ImportError as e:
         raise ImplError("the built-in Triton implementations need the package moeperf_kernels, which pytest-moeperf "
-                        f"installs (pip install its checkout or wheel; pip install -e . inside the checkout) ({e})") from None
+                        "installs (pip install its checkout or wheel; pip install -e . inside the checkout) "
+                        f"({e})") from None
     return moeperf_kernels
 
 
@@ -54,6 +55,11 @@ def _describe(value) -> str:
     if isinstance(value, torch.Tensor):
         return f"a tensor of shape {tuple(value.shape)}, dtype {value.dtype}"
     return f"a {type(value).__name__}"
+
+
+def _out_buffer(p: Problem) -> torch.Tensor:
+    """The [M, H] output an unpermute writes (uninitialised: the timing calls' buffer)."""
+    return torch.empty(p.M, p.H, dtype=p.out_dtype, device=p.hidden.device)
 
 
 def _local_mask(p: Problem) -> torch.Tensor:
@@ -164,8 +170,9 @@ class CustomizedContract(Impl):
         rows = _poison_unowned(permuted.to(p.out_dtype), inv[_local_mask(p)])
         return rows, inv, offsets
 
-    def _unpermute_call(self, p: Problem, rows, inv, offsets):
-        out = torch.empty(p.M, p.H, dtype=p.out_dtype, device=p.hidden.device)
+    def _unpermute_call(self, p: Problem):
+        rows, inv, offsets = p.shared("unpermute inputs", lambda: self._unpermute_inputs(p))
+        out = p.shared("unpermute out", lambda: _out_buffer(p))
         return lambda: self.fns["unpermute"](out, rows, p.topk_weights, inv, offsets)
 
     def _unpermuted(self, p: Problem, rows, inv, offsets) -> torch.Tensor:
@@ -184,9 +191,9 @@ class CustomizedContract(Impl):
         if op == "permute":
             return self._permute_call(p)
         if op == "unpermute":
-            return self._unpermute_call(p, *self._unpermute_inputs(p))
+            return self._unpermute_call(p)
         if op == "fused_experts":
-            args, kwargs = experts.call_args(p)
+            args, kwargs = p.shared("fused_experts args", lambda: experts.call_args(p))
             return lambda: self.fns["fused_experts"](*args, **kwargs)
         return lambda: self.fns["align"](p.topk_ids, p.block_size, p.E, p.expert_map)
 
@@ -235,8 +242,8 @@ class StandardContract(Impl):
         permuted, _, _, per_row, inv = permute(p.hidden, p.scale, p.topk_ids, p.E, p.expert_map, p.block_size)
         return self._expert_rows(permuted, per_row, p), inv
 
-    def _reduce_call(self, p: Problem, rows, inv):
-        out = torch.empty(p.M, p.H, dtype=p.out_dtype, device=p.hidden.device)
+    def _reduce_call(self, p: Problem, rows, inv, out=None):
+        out = _out_buffer(p) if out is None else out
 
         def call():
             self.reduce(out, rows, inv, p.topk_weights, False)
@@ -248,7 +255,8 @@ class StandardContract(Impl):
             return lambda: self.permute(p.hidden, p.scale, p.topk_ids, p.E, p.expert_map, p.block_size)
         if op == "align":
             return lambda: self.align(p.topk_ids, p.block_size, p.E, p.expert_map)
-        return self._reduce_call(p, *self._unpermute_inputs(p, reference._moe_permute))
+        rows, inv = p.shared("standard unpermute inputs", lambda: self._unpermute_inputs(p, reference._moe_permute))
+        return self._reduce_call(p, rows, inv, p.shared("unpermute out", lambda: _out_buffer(p)))
 
     def _check_permute(self, p, got):
         want = reference._moe_permute(p.hidden, p.scale, p.topk_ids, p.E, p.expert_map, p.block_size)
