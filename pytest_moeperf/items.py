@@ -199,8 +199,10 @@ class TimingItem(_Item):
                                                  timing)
                 injected["fraction"] = fraction
 
-            def once(fresh: bool):  # the confirmation changes what is incidental: new inputs, the other side
-                sets = inputs(True) if fresh else first  # captured first
+            def once(fresh: bool):
+                # The confirmation changes what is incidental: new inputs (shared by both sides again), and the
+                # reference's graph captured first.
+                sets = inputs(True) if fresh else first
                 sides = (calls_on(sets), calls_on(sets, ref_impl)) if fresh else (current, reference)
                 a, b = timer.interleave([slow(sides[0]), sides[1]], timing, reverse_capture=fresh)
                 return (a, b), verdict.judge_paired(a.samples_us, b.samples_us, threshold)

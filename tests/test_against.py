@@ -202,8 +202,8 @@ def impls():
 SIDES = FAKE_TIMER + """
 _interleaves = iter(range(1000))
 _plain_interleave = FakeTimer.interleave
-def _interleave(self, sides, cfg, reverse_capture=False):  # each side's calls once, its tensors logged under
-    n = next(_interleaves)                                    # "interleave:side" (the first side captured first?)
+def _interleave(self, sides, cfg, reverse_capture=False):  # each side's calls once, their tensors logged under
+    n = next(_interleaves)                                    # "interleave:side:capture order"
     for i, calls in enumerate(sides):
         os.environ["SIDE"] = f"{n}:{i}:{'reversed' if reverse_capture else 'in-order'}"
         for c in calls:
@@ -232,8 +232,8 @@ def test_both_sides_are_timed_on_the_very_same_tensors_and_confirmed_on_new_ones
         if side != "-":
             sides.setdefault(side, []).append(call)
     assert len(sides) == 4 * 2 * 2  # 4 tests x (first + confirmation) x 2 sides
-    for n in range(8):  # the first measurement of each test captures the current side first, the confirmation
-        order = "reversed" if n % 2 else "in-order"  # the reference
+    for n in range(8):  # a test's first measurement captures the current side first, its confirmation the reference
+        order = "reversed" if n % 2 else "in-order"
         current, reference = sides[f"{n}:0:{order}"], sides[f"{n}:1:{order}"]
         assert current and current == reference, (n, current, reference)
     for test in range(4):  # the confirmation's inputs are new tensors
