@@ -1,8 +1,9 @@
 """Our permute / unpermute beside the public Triton peers, in one process, timed the way the gate times (CUDA graph of
-10 calls, median of 60 replays, warm L2), each checked by a round trip first.
+10 calls, median of 60 replays; warm L2, or cold: input sets rotated past twice the L2), each checked by a round trip
+first.
 
     python benchmarks/peers.py [--te PATH] [--moe-ops PATH] [--shapes mixtral,deepseek-v3]
-        [--batch-sizes 1,8,64,256,1024,4096,16384] [--markdown F] [--json F]
+        [--batch-sizes 1,8,64,256,1024,4096,16384] [--dtypes bf16,fp8_w8a8] [--l2 warm,cold] [--markdown F] [--json F]
 
 Peers, called natively:
 - TransformerEngine's Triton permutation (--te: a transformer_engine wheel, e.g. 2.20.2, or a folder with its files):
@@ -11,15 +12,19 @@ Peers, called natively:
   loaded, from the wheel's files, under empty parent packages; nothing else of TransformerEngine runs.
 - moe-ops (--moe-ops: its wheel or folder, else the installed package): permute_countsort (rows inside an expert in
   atomic order) and unpermute_forward.
-Ours: moeperf_kernels.moe_permute (unaligned) and moe_unpermute. bf16, uniform routing, shapes of the scenarios.
-Bytes: problem.moved_bytes (M*H*2*(1+k) here, contract section 3), and % of the device-copy ceiling measured in the
+Ours: moeperf_kernels.moe_permute (unaligned) and moe_unpermute. Uniform routing, shapes of the scenarios. fp8_w8a8:
+float8 rows with 1x128 scales (every shape), which ours and TransformerEngine permute with the rows; moe-ops takes no
+scales, so its fp8 permute moves the rows only; the unpermute reads bf16 expert outputs, as after fp8 experts.
+Bytes: problem.moved_bytes (M*H*b*(1+k) here, contract section 3), and % of the device-copy ceiling measured in the
 same process. GPU only (TransformerEngine's functions allocate on "cuda"); the table and the loader are tested on the
 CPU.
 """
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import importlib.util
+import itertools
 import json
 import sys
 import tempfile
@@ -83,43 +88,63 @@ def calls(peer: str, p, te=None, moe_ops=None) -> tuple[Callable, Callable[[], C
     """(permute call, make the unpermute call) of one peer for problem p: the permute returns what its unpermute
     needs, and the unpermute call is built on one permute's outputs."""
     M, k, E, H = p.M, p.k, p.E, p.H
+    expert_out = (lambda rows: rows.to(p.out_dtype))  # an identity expert (fp8 experts write bf16)
     if peer == "ours":
         import moeperf_kernels as kernels
 
         def permute():
-            return kernels.moe_permute(p.hidden, None, p.topk_ids, E)
+            return kernels.moe_permute(p.hidden, p.scale, p.topk_ids, E)
 
         def unpermute_call():
             permuted, _, offsets, inv, _ = permute()
-            out = torch.empty(M, H, dtype=p.hidden.dtype, device=p.hidden.device)
-            return lambda: kernels.moe_unpermute(out, permuted, p.topk_weights, inv, offsets)  # returns out
+            rows, out = expert_out(permuted), torch.empty(M, H, dtype=p.out_dtype, device=p.hidden.device)
+            return lambda: kernels.moe_unpermute(out, rows, p.topk_weights, inv, offsets)  # returns out
         return permute, unpermute_call
     if peer == "te":
         ids = p.topk_ids.long()
         routing_map = torch.zeros(M, E, dtype=torch.bool, device=ids.device).scatter_(1, ids, True)
         merging = torch.zeros(M, E, dtype=torch.float32, device=ids.device).scatter_(1, ids, p.topk_weights.float())
+        scale_cols = 0 if p.scale is None else p.scale.shape[1]
 
         def permute():
             row_id_map = te.make_row_id_map(routing_map, M, E)
-            permuted = te.permute_with_mask_map(p.hidden, row_id_map, None, None, None, M, E, M * k, H, 0)[0]
+            permuted = te.permute_with_mask_map(p.hidden, row_id_map, None, p.scale, None, M, E, M * k, H,
+                                                scale_cols)[0]
             return permuted, row_id_map
 
         def unpermute_call():
             permuted, row_id_map = permute()
-            return lambda: te.unpermute_with_mask_map(permuted, row_id_map, merging, None, None, M, E, H)[0]
+            rows = expert_out(permuted)
+            return lambda: te.unpermute_with_mask_map(rows, row_id_map, merging, None, None, M, E, H)[0]
         return permute, unpermute_call
 
-    def permute():
+    def permute():  # no scale operand
         return moe_ops.permute_ops.permute_countsort(p.hidden, p.topk_ids, 0, E)
 
     def unpermute_call():
         permuted, row_id_map, _ = permute()
-        return lambda: moe_ops.unpermute_ops.unpermute_forward(permuted, row_id_map, p.topk_weights.float(), M, k)
+        rows = expert_out(permuted)
+        return lambda: moe_ops.unpermute_ops.unpermute_forward(rows, row_id_map, p.topk_weights.float(), M, k)
     return permute, unpermute_call
 
 
+def problems(shape: str, dtype: str, M: int, l2: str, device) -> list:
+    """The input sets of one row: one (warm L2), or as many as rotate past twice the L2 (cold). fp8_w8a8 with 1x128
+    scales on every shape."""
+    sc = scenario.load(ROOT / "scenarios" / f"{shape}.yaml")
+    if dtype == "fp8_w8a8":
+        sc = dataclasses.replace(sc, block_quant=(128, 128))
+    first = problem.build(sc, dtype, M, device)
+    if l2 == "warm":
+        return [first]
+    sets = timing.input_sets_for_cold_l2(sum(problem.moved_bytes(op, first)[0] for op in ("permute", "unpermute")),
+                                         device)
+    return [first] + [problem.build(sc, dtype, M, device, i) for i in range(1, sets)]
+
+
 def round_trip_error(p, unpermute_call: Callable[[], Callable]) -> float:
-    """Largest |unpermute(permute(x)) - x * sum_j w_j| (an identity expert), relative to max |x|."""
+    """Largest |unpermute(permute(x)) - x * sum_j w_j| (an identity expert; fp8 rows as they are, unscaled), relative
+    to max |x|."""
     got = unpermute_call()().float()
     want = p.hidden.float() * p.topk_weights.float().sum(1, keepdim=True)
     return float((got - want).abs().max() / want.abs().max().clamp(min=1e-6))
@@ -130,7 +155,7 @@ def table(rows: list[dict], tablefmt: str = "github") -> str:
     each peer's time over ours (> 1: ours is faster)."""
     out = []
     for r in rows:
-        line = [r["shape"], r["M"]]
+        line = [r["shape"], r["dtype"], r["l2"], r["M"]]
         for op in ("permute", "unpermute"):
             ours = r[op].get("ours")
             line.append("-" if ours is None else f"{ours:.2f} ({r[op + '_pct']:.0f}%)")
@@ -139,35 +164,46 @@ def table(rows: list[dict], tablefmt: str = "github") -> str:
                 line.append("-" if theirs is None else f"{theirs:.2f}")
                 line.append("-" if theirs is None or ours is None else f"{theirs / ours:.2f}")
         out.append(line)
-    headers = ["shape", "M"] + [h for op in ("permute", "unpermute") for h in
+    headers = ["shape", "dtype", "L2", "M"] + [h for op in ("permute", "unpermute") for h in
                                 (f"ours {op} us (% ceiling)", "TE us", "TE / ours", "moe-ops us", "moe-ops / ours")]
     return tabulate(out, headers, tablefmt=tablefmt, disable_numparse=True)
 
 
-def bench(shapes: list[str], batches: list[int], te, moe_ops, device: str) -> list[dict]:
+def bench(shapes: list[str], batches: list[int], dtypes: list[str], l2s: list[str], te, moe_ops,
+          device: str) -> list[dict]:
     ceiling = timing.copy_ceiling_gbps(device)
     peers = {"ours": True, "te": te is not None, "moe_ops": moe_ops is not None}
     rows = []
-    for shape in shapes:
-        sc = scenario.load(ROOT / "scenarios" / f"{shape}.yaml")
-        for M in batches:
-            p = problem.build(sc, "bf16", M, device)
-            row = {"shape": shape, "M": M, "permute": {}, "unpermute": {}, "error": {}}
-            for peer in (name for name, there in peers.items() if there):
-                permute, unpermute_call = calls(peer, p, te, moe_ops)
-                row["error"][peer] = round_trip_error(p, unpermute_call)
-                if row["error"][peer] > 0.02:
-                    print(f"{shape} M={M} {peer}: round trip off by {row['error'][peer]:.3g}; not timed")
-                    continue
-                row["permute"][peer] = timing.measure([permute], TIMING).median
-                row["unpermute"][peer] = timing.measure([unpermute_call()], TIMING).median
-            for op in ("permute", "unpermute"):
-                ours = row[op].get("ours")
-                payload = problem.moved_bytes(op, p)[0]  # M*H*2*(1+k) here: bf16, every route local
-                row[op + "_pct"] = 0.0 if not ours else 100 * payload / ours / 1e3 / ceiling
-            rows.append(row)
-            print(table(rows[-1:], "plain").splitlines()[-1], flush=True)
+    for shape, dtype, l2, M in itertools.product(shapes, dtypes, l2s, batches):
+        sets = problems(shape, dtype, M, l2, device)
+        row = {"shape": shape, "dtype": dtype, "l2": l2, "M": M, "input_sets": len(sets), "permute": {},
+               "unpermute": {}, "error": {}}
+        for peer in (name for name, there in peers.items() if there):
+            row["error"][peer] = round_trip_error(sets[0], calls(peer, sets[0], te, moe_ops)[1])
+            if row["error"][peer] > 0.02:
+                print(f"{shape} {dtype} M={M} {peer}: round trip off by {row['error'][peer]:.3g}; not timed")
+                continue
+            per_set = [calls(peer, p, te, moe_ops) for p in sets]
+            row["permute"][peer] = timing.measure([permute for permute, _ in per_set], TIMING).median
+            row["unpermute"][peer] = timing.measure([make() for _, make in per_set], TIMING).median
+        for op in ("permute", "unpermute"):
+            ours = row[op].get("ours")
+            payload = problem.moved_bytes(op, sets[0])[0]  # M*H*b*(1+k) here: every route local
+            row[op + "_pct"] = 0.0 if not ours else 100 * payload / ours / 1e3 / ceiling
+        rows.append(row)
+        print(table(rows[-1:], "plain").splitlines()[-1], flush=True)
     return rows
+
+
+def listed(allowed: tuple[str, ...]) -> Callable[[str], list[str]]:
+    """An argparse type: a comma-separated list of some of `allowed`."""
+    def parse(text: str) -> list[str]:
+        values = text.split(",")
+        wrong = [v for v in values if v not in allowed]
+        if wrong:
+            raise argparse.ArgumentTypeError(f"{', '.join(wrong)}: not one of {', '.join(allowed)}")
+        return values
+    return parse
 
 
 def main(argv=None) -> int:
@@ -176,6 +212,9 @@ def main(argv=None) -> int:
     ap.add_argument("--moe-ops", type=Path, help="a moe_ops wheel or folder (default: the installed package)")
     ap.add_argument("--shapes", default="mixtral,deepseek-v3")
     ap.add_argument("--batch-sizes", default="1,8,64,256,1024,4096,16384")
+    ap.add_argument("--dtypes", type=listed(("bf16", "fp8_w8a8")), default=["bf16"],
+                    help="bf16, fp8_w8a8 (1x128 scales), comma-separated")
+    ap.add_argument("--l2", type=listed(("warm", "cold")), default=["warm"], help="warm, cold, comma-separated")
     ap.add_argument("--markdown", type=Path)
     ap.add_argument("--json", type=Path)
     args = ap.parse_args(argv)
@@ -189,7 +228,8 @@ def main(argv=None) -> int:
         except ImportError as e:
             print(f"moe-ops not timed: {e}", file=sys.stderr)
             moe_ops = None
-        rows = bench(args.shapes.split(","), [int(b) for b in args.batch_sizes.split(",")], te, moe_ops, "cuda")
+        rows = bench(args.shapes.split(","), [int(b) for b in args.batch_sizes.split(",")], args.dtypes, args.l2, te,
+                     moe_ops, "cuda")
     text = table(rows)
     print(text)
     if args.markdown:

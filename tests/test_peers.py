@@ -4,10 +4,9 @@ import sys
 import zipfile
 
 import pytest
+import torch
 
 from benchmarks import peers
-from pytest_moeperf.inputs import problem
-from pytest_moeperf.spec import scenario
 
 COMMON = "KERNEL = 'common'\n"
 TORCH_SIDE = ("from transformer_engine.common.triton.permutation import KERNEL\n\n"
@@ -44,17 +43,44 @@ def test_only_the_permutation_modules_of_transformer_engine_are_loaded(tmp_path,
 
 
 def test_the_table_puts_each_peer_beside_ours_with_the_ratio():
-    rows = [{"shape": "mixtral", "M": 64, "permute": {"ours": 2.0, "te": 6.0}, "unpermute": {"ours": 2.5, "te": 2.0,
-             "moe_ops": 5.0}, "permute_pct": 12.0, "unpermute_pct": 9.6}]
+    rows = [{"shape": "mixtral", "dtype": "fp8_w8a8", "l2": "cold", "M": 64, "permute": {"ours": 2.0, "te": 6.0},
+             "unpermute": {"ours": 2.5, "te": 2.0, "moe_ops": 5.0}, "permute_pct": 12.0, "unpermute_pct": 9.6}]
     line = peers.table(rows, "plain").splitlines()[-1].split()
-    assert line == ["mixtral", "64", "2.00", "(12%)", "6.00", "3.00", "-", "-",
+    assert line == ["mixtral", "fp8_w8a8", "cold", "64", "2.00", "(12%)", "6.00", "3.00", "-", "-",
                     "2.50", "(10%)", "2.00", "0.80", "5.00", "2.00"]
 
 
-def test_our_adapter_round_trips(tmp_path, device):
-    (tmp_path / "s.yaml").write_text("shape: {num_experts: 8, topk: 2, hidden_size: 64, intermediate_size: 128}\n"
-                                     "batch_sizes: [5]\n")
-    p = problem.build(scenario.load(tmp_path / "s.yaml"), "bf16", 5, device)
+@pytest.fixture
+def small_shape(tmp_path, monkeypatch):
+    (tmp_path / "scenarios").mkdir()
+    (tmp_path / "scenarios" / "small.yaml").write_text(
+        "shape: {num_experts: 8, topk: 2, hidden_size: 256, intermediate_size: 128}\nbatch_sizes: [5]\n")
+    monkeypatch.setattr(peers, "ROOT", tmp_path)
+    monkeypatch.setattr(peers.timing, "input_sets_for_cold_l2", lambda nbytes, device: 3)  # no L2 on a CPU
+    return "small"
+
+
+@pytest.mark.parametrize("dtype", ["bf16", "fp8_w8a8"])
+def test_our_adapter_round_trips(small_shape, device, dtype):
+    (p,) = peers.problems(small_shape, dtype, 5, "warm", device)
     permute, unpermute_call = peers.calls("ours", p)
-    assert permute()[0].shape == (10, 64)
+    permuted, scale = permute()[:2]
+    assert permuted.shape == (10, 256) and permuted.dtype == p.hidden.dtype
+    if dtype == "fp8_w8a8":  # 1x128 scales on every shape, permuted with the rows
+        assert p.scale.shape == (5, 2) and scale.shape == (10, 2)
     assert peers.round_trip_error(p, unpermute_call) < 0.02
+
+
+def test_cold_rows_rotate_input_sets_made_apart(small_shape, device):
+    sets = peers.problems(small_shape, "bf16", 5, "cold", device)
+    assert len(sets) == 3 and len({p.hidden.data_ptr() for p in sets}) == 3
+    assert not torch.equal(sets[0].hidden, sets[1].hidden)
+
+
+def test_a_dtype_or_l2_it_does_not_know_is_a_usage_error(capsys):
+    with pytest.raises(SystemExit) as e:
+        peers.main(["--dtypes", "bf16,fp4"])
+    assert e.value.code == 2 and "fp4: not one of bf16, fp8_w8a8" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        peers.main(["--l2", "lukewarm"])
+    assert "lukewarm: not one of warm, cold" in capsys.readouterr().err
