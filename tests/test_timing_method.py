@@ -61,7 +61,9 @@ def test_a_slow_host_launch_is_not_in_the_sample():
     slow_launch()
     torch.cuda.synchronize()
     samples = sorted(timing._event_us(slow_launch) for _ in range(50))
-    assert samples[25] < 15.0, samples  # the median holds the kernel, not the host's 30 us
+    # Were the host's 30 us timed, every sample would hold them; the fastest one is read, since other processes on the
+    # GPU (make test's xdist workers) may delay any sample's kernel.
+    assert samples[0] < 15.0, samples
 
 
 def test_a_baseline_recorded_by_another_number_of_pytest_processes_is_named():
