@@ -128,10 +128,9 @@ def calls(peer: str, p, te=None, moe_ops=None) -> tuple[Callable, Callable[[], C
     return permute, unpermute_call
 
 
-def problems(shape: str, dtype: str, M: int, l2: str, device) -> list:
-    """The input sets of one row: one (warm L2), or as many as rotate past twice the L2 (cold). fp8_w8a8 with 1x128
-    scales on every shape."""
-    sc = scenario.load(ROOT / "scenarios" / f"{shape}.yaml")
+def problems(sc, dtype: str, M: int, l2: str, device) -> list:
+    """The input sets of one row of scenario `sc`'s shape: one (warm L2), or as many as rotate past twice the L2
+    (cold). fp8_w8a8 with 1x128 scales on every shape."""
     if dtype == "fp8_w8a8":
         sc = dataclasses.replace(sc, block_quant=(128, 128))
     first = problem.build(sc, dtype, M, device)
@@ -173,17 +172,18 @@ def bench(shapes: list[str], batches: list[int], dtypes: list[str], l2s: list[st
           device: str) -> list[dict]:
     ceiling = timing.copy_ceiling_gbps(device)
     peers = {"ours": True, "te": te is not None, "moe_ops": moe_ops is not None}
+    loaded = {shape: scenario.load(ROOT / "scenarios" / f"{shape}.yaml") for shape in shapes}
     rows = []
     for shape, dtype, l2, M in itertools.product(shapes, dtypes, l2s, batches):
-        sets = problems(shape, dtype, M, l2, device)
+        sets = problems(loaded[shape], dtype, M, l2, device)
         row = {"shape": shape, "dtype": dtype, "l2": l2, "M": M, "input_sets": len(sets), "permute": {},
                "unpermute": {}, "error": {}}
         for peer in (name for name, there in peers.items() if there):
-            row["error"][peer] = round_trip_error(sets[0], calls(peer, sets[0], te, moe_ops)[1])
+            per_set = [calls(peer, p, te, moe_ops) for p in sets]
+            row["error"][peer] = round_trip_error(sets[0], per_set[0][1])
             if row["error"][peer] > 0.02:
                 print(f"{shape} {dtype} M={M} {peer}: round trip off by {row['error'][peer]:.3g}; not timed")
                 continue
-            per_set = [calls(peer, p, te, moe_ops) for p in sets]
             row["permute"][peer] = timing.measure([permute for permute, _ in per_set], TIMING).median
             row["unpermute"][peer] = timing.measure([make() for _, make in per_set], TIMING).median
         for op in ("permute", "unpermute"):

@@ -202,9 +202,11 @@ class TimingItem(_Item):
             def once(fresh: bool):
                 # The confirmation changes what is incidental: new inputs (shared by both sides again), and the
                 # reference's graph captured first.
-                sets = inputs(True) if fresh else first
-                sides = (calls_on(sets), calls_on(sets, ref_impl)) if fresh else (current, reference)
-                a, b = timer.interleave([slow(sides[0]), sides[1]], timing, reverse_capture=fresh)
+                mine, theirs = current, reference
+                if fresh:
+                    sets = inputs(True)
+                    mine, theirs = calls_on(sets), calls_on(sets, ref_impl)
+                a, b = timer.interleave([slow(mine), theirs], timing, reverse_capture=fresh)
                 return (a, b), verdict.judge_paired(a.samples_us, b.samples_us, threshold)
             (a, b), v, confirmed = _confirm(once)
         return a, b, v, confirmed, injected

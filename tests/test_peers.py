@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from benchmarks import peers
+from pytest_moeperf.spec import scenario
 
 COMMON = "KERNEL = 'common'\n"
 TORCH_SIDE = ("from transformer_engine.common.triton.permutation import KERNEL\n\n"
@@ -52,12 +53,10 @@ def test_the_table_puts_each_peer_beside_ours_with_the_ratio():
 
 @pytest.fixture
 def small_shape(tmp_path, monkeypatch):
-    (tmp_path / "scenarios").mkdir()
-    (tmp_path / "scenarios" / "small.yaml").write_text(
+    (tmp_path / "small.yaml").write_text(
         "shape: {num_experts: 8, topk: 2, hidden_size: 256, intermediate_size: 128}\nbatch_sizes: [5]\n")
-    monkeypatch.setattr(peers, "ROOT", tmp_path)
     monkeypatch.setattr(peers.timing, "input_sets_for_cold_l2", lambda nbytes, device: 3)  # no L2 on a CPU
-    return "small"
+    return scenario.load(tmp_path / "small.yaml")
 
 
 @pytest.mark.parametrize("dtype", ["bf16", "fp8_w8a8"])
