@@ -11,6 +11,8 @@ W=${1:-/tmp/moeperf-real-case}
 shift || true
 [ $# -gt 0 ] || set -- -k "timing and permute"
 PY=${PYTHON:-python3}
+# made absolute, since the script changes folder (not realpath: a venv's python is a link out of it)
+case $PY in */*) PY="$(cd "$(dirname "$PY")" && pwd)/$(basename "$PY")" ;; esac
 CONFIG="kernels/configs/permute,E=8,H=4096,k=2,dtype=bfloat16,device_name=NVIDIA_H200.json"
 G="git -c user.name=moeperf -c user.email=moeperf@localhost"
 git -C "$ROOT" worktree add -f --detach "$W" HEAD >/dev/null

@@ -67,9 +67,18 @@ def config_name(op: str, H: int, k: int, dtype: torch.dtype, device: str, E: int
     return f"{op}{experts},H={H},k={k},dtype={dtype_name(dtype)},device_name={device}.json"
 
 
-def default_config(H: int, M: int, elem_bytes: int) -> dict:
+def default_config(op: str, H: int, M: int, k: int, elem_bytes: int) -> dict:
+    """The config without a tuned entry: _launch.row_block's tile, within what problem_with allows (a permute ranks
+    at most MOST_ROUTES_RANKED routes per program: narrow rows would otherwise get tiles of hundreds of tokens, whose
+    pairwise ranking takes Triton a minute to compile)."""
     block_t, block_h = _launch.row_block(H, M, elem_bytes)
-    return {"BLOCK_T": block_t, "BLOCK_H": block_h, "num_warps": _launch.num_warps(block_t * block_h)}
+    if op == "permute":
+        while block_t > 1 and block_t * k > MOST_ROUTES_RANKED:
+            block_t //= 2
+    warps = _launch.num_warps(block_t * block_h)
+    while warps > 1 and block_t * block_h < 32 * warps:
+        warps //= 2
+    return {"BLOCK_T": block_t, "BLOCK_H": block_h, "num_warps": warps}
 
 
 def problem_with(config: dict, op: str, H: int, k: int, elem_bytes: int) -> str | None:
@@ -94,7 +103,7 @@ def problem_with(config: dict, op: str, H: int, k: int, elem_bytes: int) -> str 
 def search_space(op: str, H: int, M: int, k: int, elem_bytes: int) -> list[dict]:
     """Candidate configs for one shape, invalid ones pruned before any launch; the default comes first. Columns per
     program run from 1/64 of the row to the whole row; tokens per program up to the batch size."""
-    default = default_config(H, M, elem_bytes)
+    default = default_config(op, H, M, k, elem_bytes)
     out = [default]
     row = _launch.next_pow2(H)
     for bh in (w for w in (32, 64, 128, 256, 512, 1024, 2048, 4096, 8192) if row // 64 <= w <= row):
@@ -265,7 +274,7 @@ def launch_config(op: str, M: int, H: int, k: int, dtype: torch.dtype, device: t
     lookup = Lookup(config_name(op, H, k, dtype, device_name(device), E), op, M, (H, k, elem_bytes))
     config, where = _chosen(lookup)
     if config is None:
-        return default_config(H, M, elem_bytes)
+        return default_config(op, H, M, k, elem_bytes)
     why = problem_with(config, op, H, k, elem_bytes)
     if why:
         raise ConfigError(f"{where}: {why}")

@@ -125,7 +125,7 @@ class TimingItem(_Item):
                                                                    first.hidden.device)
             base = {"median_us": ref.median}
             reference = {"ref": run.reference.ref, "commit": run.reference.commit, "median_us": ref.median,
-                         "ratio": v.ratio, "low": v.low, "high": v.high}
+                         "ratio": v.ratio, "low": v.low, "high": v.high, "graph_pairs": m.instances}
         else:
             base = run.baseline_entry(self.scenario, self.key)
             m, v, confirmed, injected = self._measure_and_judge(timer, lambda fresh: calls_on(inputs(fresh)), base,
@@ -200,14 +200,14 @@ class TimingItem(_Item):
                 injected["fraction"] = fraction
 
             def once(fresh: bool):
-                # The confirmation changes what is incidental: new inputs (shared by both sides again), and the
-                # reference's graph captured first.
+                # Each measurement captures the sides' graphs anew several times (timer.interleave); the
+                # confirmation also gives both sides new inputs (shared by both again).
                 mine, theirs = current, reference
                 if fresh:
                     sets = inputs(True)
                     mine, theirs = calls_on(sets), calls_on(sets, ref_impl)
-                a, b = timer.interleave([slow(mine), theirs], timing, reverse_capture=fresh)
-                return (a, b), verdict.judge_paired(a.samples_us, b.samples_us, threshold)
+                a, b = timer.interleave([slow(mine), theirs], timing)
+                return (a, b), verdict.judge_paired(a.samples_us, b.samples_us, threshold, a.instances)
             (a, b), v, confirmed = _confirm(once)
         return a, b, v, confirmed, injected
 

@@ -30,8 +30,8 @@ class FakeTimer:
             with context():
                 out.append(self.measure(calls, cfg))
         return out
-    def interleave(self, sides, cfg, reverse_capture=False):  # side 0: the current code, FAKE_FACTOR; others
-                                                              # FAKE_REF_FACTOR
+    def interleave(self, sides, cfg):  # side 0: the current code, FAKE_FACTOR; others FAKE_REF_FACTOR; one
+                                       # graph instance
         out = []
         for i, calls in enumerate(sides):
             for c in calls:

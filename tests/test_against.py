@@ -46,8 +46,24 @@ def test_paired_verdicts_need_the_median_beyond_the_threshold_and_the_interval_b
     noisy = [x * (1.03 if i % 2 else 0.99) for i, x in enumerate(same)]  # half the pairs faster: no
     v = verdict.judge_paired(noisy, same, 0.02)
     assert v.kind is verdict.Kind.PASS and v.low < 1 < v.high
-    m, low, high = verdict.median_interval(list(range(100)))
-    assert (m, low, high) == (49.5, 40, 59)
+    assert verdict.median_interval(list(range(100))) == (49.5, 39, 60)  # P(Binomial(100, 1/2) <= 39) = 1.8%
+    assert verdict.median_interval(list(range(10))) == (4.5, 1, 8)  # P(<= 1 of 10 below) = 1.1%, (<= 2) = 5.5%
+    assert verdict.median_interval(list(range(5))) == (2, 0, 4)
+
+
+def test_with_several_graph_instances_the_verdict_counts_pairs_of_graphs_not_replays():
+    """Two graphs of the same code replay steadily apart by a few percent, a new amount for each pair of graphs
+    (measured on an H200): ten pairs whose replays agree closely within each pair but differ between pairs."""
+    offsets = [1.03, 0.98, 1.01, 0.99, 1.025, 0.97, 1.0, 1.02, 0.985, 1.005]
+    reference = [10.0 + 0.001 * (i % 5) for i in range(100)]
+    same = [r * offsets[i // 10] for i, r in enumerate(reference)]
+    v = verdict.judge_paired(same, reference, 0.02, instances=10)
+    assert v.kind is verdict.Kind.PASS and v.low < 1 < v.high
+    # the replays alone, as one pair of graphs: the first pair's +3% with a narrow interval would be a regression
+    assert verdict.judge_paired(same[:10], reference[:10], 0.02).kind is verdict.Kind.REGRESSION
+    slower = [x * 1.04 for x in same]  # +4% on top of the same offsets: 9 of 10 pairs above 1
+    v = verdict.judge_paired(slower, reference, 0.02, instances=10)
+    assert v.kind is verdict.Kind.REGRESSION and v.low > 1
 
 
 def test_a_revision_is_extracted_and_its_kernels_load_beside_the_current_ones(tmp_path, device):
@@ -100,10 +116,12 @@ def test_the_current_code_is_timed_against_a_revision_and_judged_on_paired_ratio
     r = results[0]
     assert r["reference"]["commit"] == commit and r["reference"]["ref"] == "HEAD"
     assert r["reference"]["low"] <= r["reference"]["ratio"] <= r["reference"]["high"]
+    assert r["reference"]["graph_pairs"] == 1  # the fake timer's; the CUDA one's timing.AB_INSTANCES
     assert r["baseline_median_us"] == r["reference"]["median_us"]
     summary = (env.path / "same.md").read_text()
     assert f"judged against HEAD ({commit[:10]}) in this process" in summary
     assert 'name="moeperf_reference_ratio"' in (env.path / "junit.xml").read_text()
+    assert 'name="moeperf_reference_graph_pairs" value="1"' in (env.path / "junit.xml").read_text()
     same.stdout.fnmatch_lines([f"*judged against HEAD ({commit[:10]}) in this process*"])
     assert not (env.path / "baselines").exists()  # nothing stored, nothing read
 
@@ -202,14 +220,14 @@ def impls():
 SIDES = FAKE_TIMER + """
 _interleaves = iter(range(1000))
 _plain_interleave = FakeTimer.interleave
-def _interleave(self, sides, cfg, reverse_capture=False):  # each side's calls once, their tensors logged under
-    n = next(_interleaves)                                    # "interleave:side:capture order"
+def _interleave(self, sides, cfg):  # each side's calls once, their tensors logged under "interleave:side"
+    n = next(_interleaves)
     for i, calls in enumerate(sides):
-        os.environ["SIDE"] = f"{n}:{i}:{'reversed' if reverse_capture else 'in-order'}"
+        os.environ["SIDE"] = f"{n}:{i}"
         for c in calls:
             c()
     os.environ["SIDE"] = "-"
-    return _plain_interleave(self, sides, cfg, reverse_capture)
+    return _plain_interleave(self, sides, cfg)
 FakeTimer.interleave = _interleave
 """
 
@@ -217,7 +235,7 @@ FakeTimer.interleave = _interleave
 def test_both_sides_are_timed_on_the_very_same_tensors_and_confirmed_on_new_ones(env, monkeypatch):
     """An A/B pair must differ in code only: the reference reads the current side's inputs and writes its outputs
     (an unpermute's expert rows and `out` too, which the harness derives per problem), and the confirmation of a
-    regression gives both sides the same freshly made inputs and captures the reference first."""
+    regression gives both sides the same freshly made inputs."""
     scenario = AB.replace("impls: ['mine:impls']", "impls: ['mine:impls']\nops: [permute, unpermute]")
     scenario = scenario.replace("ops: [permute, align]\n", "")
     repository(env.path, {"mine.py": LOGGED, "small.yaml": scenario})
@@ -232,9 +250,8 @@ def test_both_sides_are_timed_on_the_very_same_tensors_and_confirmed_on_new_ones
         if side != "-":
             sides.setdefault(side, []).append(call)
     assert len(sides) == 4 * 2 * 2  # 4 tests x (first + confirmation) x 2 sides
-    for n in range(8):  # a test's first measurement captures the current side first, its confirmation the reference
-        order = "reversed" if n % 2 else "in-order"
-        current, reference = sides[f"{n}:0:{order}"], sides[f"{n}:1:{order}"]
+    for n in range(8):
+        current, reference = sides[f"{n}:0"], sides[f"{n}:1"]
         assert current and current == reference, (n, current, reference)
     for test in range(4):  # the confirmation's inputs are new tensors
-        assert sides[f"{2 * test}:0:in-order"] != sides[f"{2 * test + 1}:0:reversed"]
+        assert sides[f"{2 * test}:0"] != sides[f"{2 * test + 1}:0"]

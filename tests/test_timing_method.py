@@ -108,3 +108,27 @@ def test_sides_captured_in_turn_allocate_at_the_same_addresses():
     a.run()
     b.run()
     torch.cuda.synchronize()
+
+
+def test_an_ab_measurement_captures_its_sides_anew_for_each_instance_and_keeps_their_order(monkeypatch):
+    captures, warmups = [], []
+
+    def fake_capture_in_turn(sides, t):
+        captures.append(list(sides))
+        return [timing.Captured(lambda: None, 10, 1, "graph", pool=len(captures)) for _ in sides]
+
+    def fake_measure_interleaved(captured, t, min_warmup_s):
+        warmups.append(min_warmup_s)
+        k = len(captures)  # the instance: its samples say which instance and side they come from
+        return [timing.Measurement([100 * k + ord(side[0]) for _ in range(t.samples)], "graph", 10, 1)
+                for side in captures[-1]]
+
+    monkeypatch.setattr(timing, "capture_in_turn", fake_capture_in_turn)
+    monkeypatch.setattr(timing, "measure_interleaved", fake_measure_interleaved)
+    a, b = timing.measure_instances(["a", "b"], Timing(samples=60), instances=4)
+    assert captures == [["a", "b"], ["b", "a"], ["a", "b"], ["b", "a"]]  # the capture order alternates
+    assert warmups == [timing.MIN_WARMUP_S, 0.0, 0.0, 0.0]
+    assert a.instances == b.instances == 4 and len(a.samples_us) == len(b.samples_us) == 4 * 15
+    assert a.samples_us == [100 * k + ord("a") for k in (1, 2, 3, 4) for _ in range(15)]
+    assert b.samples_us == [100 * k + ord("b") for k in (1, 2, 3, 4) for _ in range(15)]
+    assert timing.instance_medians(list(range(12)), 3) == [1.5, 5.5, 9.5]

@@ -85,7 +85,7 @@ def pytest_runtest_logreport(report):
     assert tuning.launch_config("permute", 64, 64, 2, torch.bfloat16, device, E=8) == kept
     # batch sizes that were not tuned run the defaults, not a neighbour's entry
     assert tuning.launch_config("permute", 2, 64, 2, torch.bfloat16, device, E=8) == \
-        tuning.default_config(64, 2, 2)
+        tuning.default_config("permute", 64, 2, 2, 2)
 
 
 def test_tuning_keeps_the_default_where_no_config_beats_it_and_drops_an_old_entry(env, configs, monkeypatch):
@@ -106,7 +106,8 @@ def test_tuning_keeps_the_default_where_no_config_beats_it_and_drops_an_old_entr
     result.stdout.fnmatch_lines(["*permute[[]customized-bf16-M1[]]*default kept (best found:*",
                                  f"*wrote 0 tuned configs to *{name} (1 batch sizes keep the default*"])
     assert json.loads((configs / name).read_text())["configs"] == {"64": old}  # M = 1's old entry is gone
-    assert tuning.launch_config("permute", 1, 64, 2, torch.bfloat16, device, E=8) == tuning.default_config(64, 1, 2)
+    assert tuning.launch_config("permute", 1, 64, 2, torch.bfloat16, device, E=8) == \
+        tuning.default_config("permute", 64, 1, 2, 2)
 
 
 def test_tuning_runs_alone(env):

@@ -1,4 +1,5 @@
 """Tunable launch parameters (kernels/tuning.py): search space, config files, and the kernels run with other configs."""
+import itertools
 import json
 
 import pytest
@@ -25,11 +26,22 @@ def write_configs(folder, name, table):
                                                ("unpermute", 4096, 4096, 8, 2), ("permute", 96, 3, 6, 4)])
 def test_the_search_space_holds_the_default_first_and_only_configs_that_can_run(op, H, M, k, elem):
     space = tuning.search_space(op, H, M, k, elem)
-    assert space[0] == tuning.default_config(H, M, elem)
+    assert space[0] == tuning.default_config(op, H, M, k, elem)
     assert len(space) > 1 and len({tuple(c.values()) for c in space}) == len(space)
     for c in space[1:]:
         assert tuning.problem_with(c, op, H, k, elem) is None
         assert c["BLOCK_T"] <= next_pow2(M)
+
+
+def test_the_default_config_is_one_that_problem_with_accepts_at_every_shape(monkeypatch):
+    """The GPU's defaults (the interpreter's differ) obey the tuned configs' rules: a permute of narrow rows (H = 5)
+    once got 512-token tiles, 1024 routes ranked pairwise, and a minute of Triton compilation per shape."""
+    monkeypatch.setattr(_launch, "INTERPRETED", False)
+    for op, H, k, M, elem in itertools.product(("permute", "unpermute"), (5, 8, 64, 96, 256, 4096, 7168),
+                                               (1, 2, 6, 8, 16), (1, 7, 64, 4096), (1, 2, 4)):
+        config = tuning.default_config(op, H, M, k, elem)
+        assert tuning.problem_with(config, op, H, k, elem) is None, (op, H, k, M, elem, config)
+    assert tuning.default_config("permute", 5, 7, 2, 2)["BLOCK_T"] == 64
 
 
 @pytest.mark.parametrize("config, words", [
@@ -54,16 +66,16 @@ def test_a_call_takes_the_entry_of_its_own_batch_size_and_the_defaults_elsewhere
     assert get(1) == small and get(256) == large
     # an entry was shown faster only at its own batch size: every other batch size runs the defaults
     for M in (2, 100, 200, 10_000):
-        assert get(M) == tuning.default_config(4096, M, 2)
+        assert get(M) == tuning.default_config("permute", 4096, M, 2, 2)
     # another shape, dtype or GPU has no file: the defaults
     assert tuning.launch_config("permute", 64, 4096, 2, torch.float16, torch.device("cpu"), E=8) == \
-        tuning.default_config(4096, 64, 2)
+        tuning.default_config("permute", 4096, 64, 2, 2)
     assert tuning.launch_config("unpermute", 64, 4096, 2, torch.bfloat16, torch.device("cpu")) == \
-        tuning.default_config(4096, 64, 2)
+        tuning.default_config("unpermute", 4096, 64, 2, 2)
     with tuning.forced(large, "permute"):
         assert get(1) == large
         assert tuning.launch_config("unpermute", 1, 4096, 2, torch.bfloat16, torch.device("cpu")) == \
-            tuning.default_config(4096, 1, 2)
+            tuning.default_config("unpermute", 4096, 1, 2, 2)
 
 
 @pytest.mark.parametrize("content, words", [

@@ -7,7 +7,16 @@ import pytest
 from tests.fake_gpu import FAKE_TIMER, SMALL, baseline_file
 
 
-def test_xdist_workers_send_results_to_the_controller_which_writes_once(env):
+@pytest.fixture
+def gpus_hidden(monkeypatch):
+    """The subprocess runs see no GPU, as on a CPU machine (its kernels interpreted): with one GPU, -n 2 with
+    --update-baselines is refused (test_workers_sharing_a_gpu_are_told_so_and_may_not_record), and the fake timer
+    needs none."""
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+
+
+def test_xdist_workers_send_results_to_the_controller_which_writes_once(env, gpus_hidden):
     env.makefile(".yaml", small=SMALL)
     env.makeconftest(FAKE_TIMER)
     result = env.runpytest_subprocess("--moeperf", "small.yaml", "-n", "2", "--update-baselines", "-k", "timing",
@@ -20,7 +29,7 @@ def test_xdist_workers_send_results_to_the_controller_which_writes_once(env):
     again.assert_outcomes(passed=10)
 
 
-def test_the_environment_recorded_under_xdist_is_a_workers_not_the_controllers(env, monkeypatch):
+def test_the_environment_recorded_under_xdist_is_a_workers_not_the_controllers(env, monkeypatch, gpus_hidden):
     env.makefile(".yaml", small=SMALL)
     env.makeconftest(FAKE_TIMER)
     monkeypatch.setenv("FAKE_ENV_WHERE", "1")

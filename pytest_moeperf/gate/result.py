@@ -160,5 +160,5 @@ class TimingResult:
         props = [(f"moeperf_{k}", getattr(self, k)) for k in JUNIT_FIELDS if getattr(self, k) is not None]
         if self.reference:
             props += [(f"moeperf_reference_{k}", self.reference[k]) for k in ("ref", "commit", "median_us", "ratio",
-                                                                              "low", "high")]
+                                                                              "low", "high", "graph_pairs")]
         return props

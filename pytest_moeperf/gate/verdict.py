@@ -17,6 +17,7 @@ import enum
 import math
 import statistics
 
+from pytest_moeperf.measure import timing
 from pytest_moeperf.measure.timing import relative_iqr
 
 P_VALUE = 0.01
@@ -98,22 +99,33 @@ class PairedVerdict:
                 f"[{100 * (self.low - 1):+.1f}%, {100 * (self.high - 1):+.1f}%]")
 
 
-def median_interval(values: list[float], z: float = 1.96) -> tuple[float, float, float]:
-    """(median, low, high): the median of `values` and the order statistics around it that hold the true median
-    with about 95% confidence whatever the distribution (the sign test's interval, normal approximation)."""
+def median_interval(values: list[float], coverage: float = 0.95) -> tuple[float, float, float]:
+    """(median, low, high): the median of `values` and the widest-apart order statistics x[j], x[n-1-j] that hold
+    the true median with at least `coverage` whatever the distribution (the sign test's interval, exact binomial:
+    ten values give x[1], x[8]). Fewer than six values cannot reach 95%: their interval is the whole range."""
     ordered = sorted(values)
     n = len(ordered)
-    half = z * math.sqrt(n) / 2
-    low = max(0, math.floor(n / 2 - half))
-    high = min(n - 1, math.ceil(n / 2 + half) - 1)
-    return statistics.median(ordered), ordered[low], ordered[high]
+    j = 0
+    while j + 1 <= (n - 1) // 2 and 1 - 2 * _binomial_cdf(n, j + 1) >= coverage:
+        j += 1
+    return statistics.median(ordered), ordered[j], ordered[n - 1 - j]
 
 
-def judge_paired(current: list[float], reference: list[float], threshold: float) -> PairedVerdict:
-    """Samples taken in turns (pair i = current[i], reference[i]): a regression when the median ratio is above
-    1 + threshold and its 95% interval lies above 1; improved when the mirror image holds; else a pass. No floor in
-    microseconds: both sides share the process, the GPU, the inputs and every drift of the clocks."""
-    ratio, low, high = median_interval([a / b for a, b in zip(current, reference)])
+def _binomial_cdf(n: int, j: int) -> float:
+    """P(Binomial(n, 1/2) <= j): the chance that at most j of n values lie under the median."""
+    return sum(math.comb(n, i) for i in range(j + 1)) / 2 ** n
+
+
+def judge_paired(current: list[float], reference: list[float], threshold: float, instances: int = 1
+                 ) -> PairedVerdict:
+    """Samples taken in turns (pair i = current[i], reference[i]), from `instances` pairs of graphs in equal
+    consecutive groups (timing.measure_instances): a regression when the median ratio is above 1 + threshold and its
+    95% interval lies above 1; improved when the mirror image holds; else a pass. With several instances the unit is
+    the pair of graphs (each one's median ratio): two graphs of the same code replay steadily apart, so pairs of
+    replays of one pair of graphs are not independent evidence. No floor in microseconds: both sides share the
+    process, the GPU, the inputs and every drift of the clocks."""
+    ratios = [a / b for a, b in zip(current, reference)]
+    ratio, low, high = median_interval(timing.instance_medians(ratios, instances) if instances > 1 else ratios)
     if ratio > 1 + threshold and low > 1:
         return PairedVerdict(Kind.REGRESSION, ratio, low, high)
     if ratio < 1 - threshold and high < 1:

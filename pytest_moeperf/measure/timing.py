@@ -17,6 +17,12 @@ from pytest_moeperf.measure.locks import machine_lock
 from pytest_moeperf.spec.scenario import Timing
 
 
+def instance_medians(values: list[float], instances: int) -> list[float]:
+    """The median of each of `instances` equal consecutive groups of values (one per graph instance)."""
+    size = len(values) // instances
+    return [statistics.median(values[i * size:(i + 1) * size]) for i in range(instances)]
+
+
 def iqr(samples: list[float]) -> float:
     q = statistics.quantiles(samples, n=4, method="inclusive")
     return q[2] - q[0]
@@ -33,6 +39,7 @@ class Measurement:
     invocations: int
     input_sets: int
     note: str = ""
+    instances: int = 1  # graph instances the samples come from, in that many equal consecutive groups
 
     @property
     def median(self) -> float:
@@ -57,6 +64,12 @@ class Measurement:
 # reaches the start event at once, idles while the host launches the replay, and the sample includes that launch
 # (on an H200 ~7% of the Mixtral medians, and as variable as the host).
 SPIN_CYCLES = 200_000
+MIN_WARMUP_S = 0.02
+# Graph instances an A/B measurement spreads its samples over (measure_instances). Two CUDA graphs of the same calls,
+# captured one after the other, replay steadily apart: on an H200, 1.5-2 us kernels in 10-call graphs by up to
+# +-4% (0.2-0.6 us a replay), with narrow intervals, and the next pair of graphs apart by another amount (A/A on
+# the same functions and tensors). Pairs of graphs are therefore the unit the A/B verdict counts, not replays.
+AB_INSTANCES = 10
 TIMING_METHOD = ("CUDA-graph replays (contract section 3), each timed between two CUDA events queued behind a GPU spin "
                  f"of {SPIN_CYCLES} cycles, so that the host's launch of the replay is not timed")
 
@@ -76,7 +89,7 @@ def _event_us(run: Callable[[], object], spin: Callable[[], None] = _spin) -> fl
     return start.elapsed_time(end) * 1000.0
 
 
-def _warm_up(runs: list[Callable[[], object]], timing: Timing, min_warmup_s: float = 0.02) -> None:
+def _warm_up(runs: list[Callable[[], object]], timing: Timing, min_warmup_s: float = MIN_WARMUP_S) -> None:
     # Warm up for `warmup` replays and at least min_warmup_s: a GPU that idled while the host checked correctness
     # has lowered its clocks, and a few replays of a 2 us kernel are not enough to raise them again.
     start, done = time.perf_counter(), 0
@@ -160,16 +173,40 @@ def measure(calls: list[Callable[[], object]], timing: Timing) -> Measurement:
     return Measurement(_time_replays(c.run, c.calls, timing), c.mode, c.calls, c.sets, c.note)
 
 
-def measure_interleaved(sides: list[Captured], timing: Timing) -> list[Measurement]:
+def measure_interleaved(sides: list[Captured], timing: Timing, min_warmup_s: float = MIN_WARMUP_S
+                        ) -> list[Measurement]:
     """Time several captured sides in turns (A B, then B A, ...), so that clock and power changes reach them alike:
     `samples` samples each, after a shared warm-up. One Measurement per side."""
-    _warm_up([side.run for side in sides], timing)
+    _warm_up([side.run for side in sides], timing, min_warmup_s)
     samples: list[list[float]] = [[] for _ in sides]
     for i in range(timing.samples):
         order = range(len(sides)) if i % 2 == 0 else reversed(range(len(sides)))
         for j in order:
             samples[j].append(_event_us(sides[j].run) / sides[j].calls)
     return [Measurement(s, side.mode, side.calls, side.sets, side.note) for s, side in zip(samples, sides)]
+
+
+def measure_instances(sides: list[list[Callable[[], object]]], timing: Timing, instances: int = AB_INSTANCES
+                      ) -> list[Measurement]:
+    """The sides' calls (the current implementation, the reference's) captured anew `instances` times
+    (capture_in_turn; even instances in the order given, odd ones the last side first) and each instance's graphs
+    replayed in turns (measure_interleaved) for samples / instances samples each (at least 5), so that what sets one
+    pair of graphs apart (AB_INSTANCES) is drawn anew for each pair. The first instance warms up as
+    measure_interleaved does, the others only `warmup` replays (the clocks are up by then). One Measurement per
+    side, in the order given: its samples are the instances' in order, sample i of each side taken back to back."""
+    each = dataclasses.replace(timing, samples=max(5, -(-timing.samples // instances)))
+    samples: list[list[float]] = [[] for _ in sides]
+    first: list[Measurement] = []
+    for k in range(instances):
+        order = list(range(len(sides)))[::1 if k % 2 == 0 else -1]
+        captured = capture_in_turn([sides[j] for j in order], each)
+        measured = measure_interleaved(captured, each, MIN_WARMUP_S if k == 0 else 0.0)
+        del captured  # the graphs and their pool go before the next instance's are made
+        by_side = dict(zip(order, measured))
+        first = first or [by_side[j] for j in range(len(sides))]
+        for j in range(len(sides)):
+            samples[j].extend(by_side[j].samples_us)
+    return [dataclasses.replace(m, samples_us=s, instances=instances) for m, s in zip(first, samples)]
 
 
 def input_sets_for_cold_l2(bytes_per_set: int, device, cap: int = 64) -> int:
@@ -261,15 +298,7 @@ class CudaTimer:
         turns (measure_interleaved): one Measurement per context."""
         return measure_interleaved(capture_in_turn([calls] * len(contexts), timing, contexts), timing)
 
-    @staticmethod
-    def interleave(sides: list[list[Callable[[], object]]], timing: Timing,
-                   reverse_capture: bool = False) -> list[Measurement]:
-        """Each side's calls (the current implementation, the reference's) captured (the last side first when
-        reverse_capture) and replayed in turns: one Measurement per side, in the order given, sample i of each taken
-        back to back."""
-        if not reverse_capture:
-            return measure_interleaved(capture_in_turn(sides, timing), timing)
-        return measure_interleaved(capture_in_turn(sides[::-1], timing)[::-1], timing)
+    interleave = staticmethod(measure_instances)
 
     input_sets_for_cold_l2 = staticmethod(input_sets_for_cold_l2)
     ceiling_gbps = staticmethod(copy_ceiling_gbps)
@@ -312,9 +341,10 @@ class CudaTimer:
                 return run
             return lambda cs: [slowed(c) for c in cs]
 
-        def added(nbytes: int, every: int) -> float:  # the median of paired differences, as the A/B gate pairs
-            slowed, plain = measure_interleaved(capture_in_turn([with_copy(nbytes, every)(calls), calls], quick), quick)
-            return statistics.median(a - b for a, b in zip(slowed.samples_us, plain.samples_us))
+        def added(nbytes: int, every: int) -> float:  # as the A/B gate pairs: the median over graph instances of
+            slowed, plain = measure_instances([with_copy(nbytes, every)(calls), calls], quick)  # paired differences
+            return statistics.median(instance_medians([a - b for a, b in zip(slowed.samples_us, plain.samples_us)],
+                                                      slowed.instances))
 
         guess = int(extra_us * copy_ceiling_gbps(device) * 1e3 / 2)
         for _ in range(2):
