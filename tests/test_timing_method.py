@@ -132,3 +132,13 @@ def test_an_ab_measurement_captures_its_sides_anew_for_each_instance_and_keeps_t
     assert a.samples_us == [100 * k + ord("a") for k in (1, 2, 3, 4) for _ in range(15)]
     assert b.samples_us == [100 * k + ord("b") for k in (1, 2, 3, 4) for _ in range(15)]
     assert timing.instance_medians(list(range(12)), 3) == [1.5, 5.5, 9.5]
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a GPU")
+def test_an_ab_measurement_on_a_gpu_gives_each_side_its_samples_from_every_pair_of_graphs():
+    x = torch.ones(1 << 16, device="cuda")
+    small, large = [lambda: x.mul_(1.0)], [lambda: x.mul_(1.0).add_(0.0).mul_(1.0)]  # one kernel; three
+    a, b = timing.measure_instances([small, large], Timing(invocations=4, samples=20, warmup=2), instances=4)
+    assert a.mode == b.mode == "graph" and a.instances == b.instances == 4
+    assert len(a.samples_us) == len(b.samples_us) == 20
+    assert a.median < b.median  # the sides keep their order: the one kernel is faster than the three
