@@ -195,18 +195,15 @@ def measure_instances(sides: list[list[Callable[[], object]]], timing: Timing, i
     measure_interleaved does, the others only `warmup` replays (the clocks are up by then). One Measurement per
     side, in the order given: its samples are the instances' in order, sample i of each side taken back to back."""
     each = dataclasses.replace(timing, samples=max(5, -(-timing.samples // instances)))
-    samples: list[list[float]] = [[] for _ in sides]
-    first: list[Measurement] = []
+    per_side: list[list[Measurement]] = [[] for _ in sides]
     for k in range(instances):
         order = list(range(len(sides)))[::1 if k % 2 == 0 else -1]
         captured = capture_in_turn([sides[j] for j in order], each)
-        measured = measure_interleaved(captured, each, MIN_WARMUP_S if k == 0 else 0.0)
+        for j, m in zip(order, measure_interleaved(captured, each, MIN_WARMUP_S if k == 0 else 0.0)):
+            per_side[j].append(m)
         del captured  # the graphs and their pool go before the next instance's are made
-        by_side = dict(zip(order, measured))
-        first = first or [by_side[j] for j in range(len(sides))]
-        for j in range(len(sides)):
-            samples[j].extend(by_side[j].samples_us)
-    return [dataclasses.replace(m, samples_us=s, instances=instances) for m, s in zip(first, samples)]
+    return [dataclasses.replace(ms[0], samples_us=[s for m in ms for s in m.samples_us], instances=instances)
+            for ms in per_side]
 
 
 def input_sets_for_cold_l2(bytes_per_set: int, device, cap: int = 64) -> int:
