@@ -15,6 +15,7 @@ from pytest_moeperf.gate.result import TimingResult, decide
 from pytest_moeperf.gate.verdict import Kind
 from pytest_moeperf.inputs import experts, problem
 from pytest_moeperf.measure import health
+from pytest_moeperf.measure.timing import pair_timing
 from pytest_moeperf.oracle import reference_experts
 from pytest_moeperf.oracle.impls import load_kernels
 from pytest_moeperf.run_state import RUN_KEY
@@ -25,6 +26,8 @@ from pytest_moeperf.run_state import RUN_KEY
 MAX_SPREAD = 0.05
 TRIES = 3
 UNSTABLE_SPREAD = 0.2
+# Samples of the reference's one plain measurement in an A/B test (what sizes its graphs and an injected slowdown).
+PROBE_SAMPLES = 20
 
 
 class ScenarioFile(pytest.File):
@@ -188,15 +191,16 @@ class TimingItem(_Item):
         interleaved, judged on the paired ratios, a regression confirmed as _confirm says. An injected slowdown (of
         the reference's median) slows the current side only. Returns (current, reference, verdict, confirmed,
         injected)."""
-        timing = self.scenario.timing
         injected, slow = None, (lambda calls: calls)
         with timer.lock():
             first = inputs(False)
             current, reference = calls_on(first), calls_on(first, ref_impl)
+            # the reference timed the usual way once: what sets the pairs' graph length and an injection's size
+            ref_us = timer.measure(reference, dataclasses.replace(self.scenario.timing, samples=PROBE_SAMPLES)).median
+            timing = pair_timing(ref_us, self.scenario.timing, len(reference))
             fraction = self.run_state.settings.inject_slowdown
             if fraction:
-                slow, injected = timer.slow_down(current, fraction * timer.measure(reference, timing).median, device,
-                                                 timing)
+                slow, injected = timer.slow_down(current, fraction * ref_us, device, timing)
                 injected["fraction"] = fraction
 
             def once(fresh: bool):

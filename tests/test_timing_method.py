@@ -1,6 +1,7 @@
 """Each timed sample holds the GPU's work only: the host's launch of the replay is kept out by a GPU spin queued
 ahead of the start event (measure/timing.py, TIMING_METHOD), and a baseline timed another way is named as such."""
 import contextlib
+import statistics
 import time
 
 import pytest
@@ -110,6 +111,21 @@ def test_sides_captured_in_turn_allocate_at_the_same_addresses():
     torch.cuda.synchronize()
 
 
+def test_ab_graphs_hold_calls_for_a_long_replay_in_whole_multiples_of_the_usual_graph():
+    t = Timing(invocations=10, samples=60, warmup=5)
+    assert timing.pair_timing(1.6, t, 1).invocations == 160  # 156.25 calls wanted: 16 usual graphs
+    assert timing.pair_timing(25.0, t, 1).invocations == 10  # 10 calls already last 250 us
+    assert timing.pair_timing(400.0, t, 1).invocations == 10  # never fewer than the usual graph
+    assert timing.pair_timing(0.01, t, 1).invocations == timing.AB_MOST_CALLS // 10 * 10  # capped
+    cold = timing.pair_timing(1.0, t, 12)  # 12 input sets rotated: usual graph 12 calls, here 252
+    assert cold.invocations == 252 and cold.invocations % timing.graph_calls(t, 12) == 0
+    assert timing.graph_calls(cold, 12) == 252 and (cold.samples, cold.warmup) == (60, 5)
+    for us in (0.3, 1.7, 2.2, 3.9, 7.5, 13.0, 60.0):
+        calls = timing.pair_timing(us, t, 3).invocations
+        assert calls % 12 == 0 and (calls * us >= timing.AB_MIN_REPLAY_US or calls + 12 > timing.AB_MOST_CALLS)
+        assert calls == 12 or (calls - 12) * us < timing.AB_MIN_REPLAY_US  # the fewest that do
+
+
 def test_an_ab_measurement_captures_its_sides_anew_for_each_instance_and_keeps_their_order(monkeypatch):
     captures, warmups = [], []
 
@@ -142,3 +158,17 @@ def test_an_ab_measurement_on_a_gpu_gives_each_side_its_samples_from_every_pair_
     assert a.mode == b.mode == "graph" and a.instances == b.instances == 4
     assert len(a.samples_us) == len(b.samples_us) == 20
     assert a.median < b.median  # the sides keep their order: the one kernel is faster than the three
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a GPU")
+def test_an_injected_copy_slows_calls_by_about_its_target_in_usual_and_in_long_ab_graphs():
+    x = torch.ones(1 << 20, device="cuda")
+    calls = [lambda: x.mul_(1.0)]
+    usual = Timing(invocations=10, samples=30, warmup=2)
+    for t in (usual, timing.pair_timing(timing.measure(calls, usual).median, usual, 1)):
+        slow, info = timing.CudaTimer.slow_down(calls, 1.0, "cuda", t)
+        a, b = timing.measure_instances([slow(calls), calls], t)
+        added = statistics.median(timing.instance_medians([p - q for p, q in zip(a.samples_us, b.samples_us)],
+                                                          a.instances))
+        assert 0.65 <= added <= 1.35 and 0.75 <= info["extra_us"] <= 1.25, (t.invocations, added, info)
+

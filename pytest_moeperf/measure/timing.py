@@ -4,6 +4,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import itertools
+import math
 import os
 import statistics
 import time
@@ -70,6 +71,15 @@ MIN_WARMUP_S = 0.02
 # +-4% (0.2-0.6 us a replay), with narrow intervals, and the next pair of graphs apart by another amount (A/A on
 # the same functions and tensors). Pairs of graphs are therefore the unit the A/B verdict counts, not replays.
 AB_INSTANCES = 10
+# That gap is about the same number of microseconds per replay whatever the graph holds (sd 0.2-0.35 us with 10, 40
+# or 160 calls of a 1.5-2 us kernel), so A/B graphs hold calls for a replay of at least AB_MIN_REPLAY_US (at most
+# AB_MOST_CALLS calls): with 160 calls it came to ~0.1% of a replay, against +-2% with 10 (pair_timing).
+AB_MIN_REPLAY_US = 250.0
+AB_MOST_CALLS = 1024
+# Pairs of graphs an injected copy is sized over (CudaTimer.slow_down) when a replay lasts AB_MIN_REPLAY_US or more:
+# there the pairs differ by ~0.1% of a replay, while sizing over AB_INSTANCES pairs (each try capturing 2 x 10 long
+# graphs) left an injected Mixtral + DeepSeek-V3 A/B run unfinished after 400 s on an H200 (201 s clean).
+SIZING_INSTANCES_LONG = 3
 TIMING_METHOD = ("CUDA-graph replays (contract section 3), each timed between two CUDA events queued behind a GPU spin "
                  f"of {SPIN_CYCLES} cycles, so that the host's launch of the replay is not timed")
 
@@ -109,6 +119,15 @@ def graph_calls(timing: Timing, sets: int) -> int:
     """Calls in one timing graph: max(invocations, sets), rounded up to a whole number of rotations."""
     n = max(timing.invocations, sets)
     return -(-n // sets) * sets
+
+
+def pair_timing(us_per_call: float, timing: Timing, sets: int) -> Timing:
+    """`timing` for an A/B measurement of calls taking about us_per_call each: its graphs hold enough calls for a
+    replay of at least AB_MIN_REPLAY_US (at most AB_MOST_CALLS), a whole multiple of the usual graph's calls (so an
+    injected copy every n-th call, n dividing those, divides these too), never fewer."""
+    usual = graph_calls(timing, sets)
+    times = min(math.ceil(AB_MIN_REPLAY_US / max(us_per_call, 1e-3) / usual), AB_MOST_CALLS // usual)
+    return dataclasses.replace(timing, invocations=max(1, times) * usual)
 
 
 @dataclasses.dataclass
@@ -319,10 +338,13 @@ class CudaTimer:
         """A function that adds to a list of calls like these a device copy (inject.calibrate) that makes them, timed
         with `timing` as the gate times them, about extra_us slower; and what it adds.
 
-        The copy is sized on `calls`, and checked once more after sizing: when that check is off by more than a
-        quarter of the target (a disturbed timing), it is sized again.
+        The copy is sized on `calls`, each try measured over pairs of graphs (AB_INSTANCES, or SIZING_INSTANCES_LONG
+        for replays of AB_MIN_REPLAY_US or more), and checked once more after sizing: when that check is off by more
+        than a quarter of the target (a disturbed timing), it is sized again.
         """
         quick = dataclasses.replace(timing, samples=min(timing.samples, 30))
+        replay_us = measure(calls, quick).median * graph_calls(timing, len(calls))
+        pairs = SIZING_INSTANCES_LONG if replay_us >= AB_MIN_REPLAY_US else AB_INSTANCES
         src = torch.ones(1 << 30, dtype=torch.uint8, device=device)
         dst = torch.empty_like(src)
 
@@ -338,8 +360,8 @@ class CudaTimer:
                 return run
             return lambda cs: [slowed(c) for c in cs]
 
-        def added(nbytes: int, every: int) -> float:  # as the A/B gate pairs: the median over graph instances of
-            slowed, plain = measure_instances([with_copy(nbytes, every)(calls), calls], quick)  # paired differences
+        def added(nbytes: int, every: int) -> float:  # as the A/B gate pairs: the median over pairs of graphs of
+            slowed, plain = measure_instances([with_copy(nbytes, every)(calls), calls], quick, pairs)  # differences
             return statistics.median(instance_medians([a - b for a, b in zip(slowed.samples_us, plain.samples_us)],
                                                       slowed.instances))
 
