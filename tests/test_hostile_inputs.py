@@ -1,5 +1,9 @@
 """What a careless or hostile user can do to the gate, each kept fixed (issue 16): every case was a crash, a silent
 pass or a write outside the baselines folder before."""
+import os
+import subprocess
+import sys
+
 import pytest
 import torch
 
@@ -245,6 +249,34 @@ def test_a_broken_implementation_module_is_a_usage_error(env, source, words):
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     result.stderr.fnmatch_lines([f"*small.yaml:*: key 'impls': implementation 'mine:impls': *{words}*"])
     assert "INTERNALERROR" not in result.stdout.str() + result.stderr.str()
+
+
+def test_an_interpreter_that_cannot_run_the_kernels_is_a_usage_error_that_says_what_to_change(env, monkeypatch):
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")  # the CPU path, on a GPU machine too
+    env.makeconftest("from pytest_moeperf.oracle import interpreter\n"  # as Triton 3.6 with NumPy 2.4 answers
+                     "interpreter.problem = lambda: 'install numpy<2.4, or Triton 3.9'\n")
+    env.makefile(".yaml", small=PLUGIN_SMALL)
+    result = env.runpytest_subprocess("--moeperf", "small.yaml")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["*small.yaml:*: key 'impls': implementation 'customized': *the built-in Triton "
+                                 "implementations: install numpy<2.4, or Triton 3.9*"])
+    assert "INTERNALERROR" not in result.stdout.str() + result.stderr.str()
+
+
+def test_the_interpreter_probe_fails_exactly_with_a_triton_that_cannot_loop_up_to_an_argument_under_numpy_2_4():
+    import numpy
+    import triton
+
+    code = "from pytest_moeperf.oracle import interpreter; print(interpreter.problem())"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         env=dict(os.environ, TRITON_INTERPRET="1", CUDA_VISIBLE_DEVICES="")).stdout.strip()
+    numpy_v, triton_v = (tuple(int(x) for x in m.__version__.split(".")[:2]) for m in (numpy, triton))
+    if numpy_v < (2, 4) or triton_v >= (3, 9):  # seen working: Triton 3.6 with NumPy 2.3, Triton 3.9 with 2.4
+        assert out == "None"
+    elif triton_v <= (3, 6):  # seen failing: Triton 3.6 with NumPy 2.4.6 (here) and 2.5.2 (the H200 image)
+        assert "triton-lang/triton#9171" in out and "install numpy<2.4" in out, out
+    else:
+        pytest.skip(f"Triton {triton.__version__} with NumPy {numpy.__version__} not seen either way")
 
 
 # --- 7. YAML errors quote little, and alias bombs are refused ---------------------------------------------------------

@@ -6,42 +6,46 @@ import pytest
 
 from tests.fake_gpu import FAKE_TIMER, SMALL, baseline_file
 
+# The torch implementations only: these runs are about xdist, and their subprocess sees no GPU (gpus_hidden), where
+# the Triton kernels would run under the interpreter, which Triton 3.6 cannot with NumPy >= 2.4 (a GPU machine's
+# image has both; oracle/interpreter.py).
+TORCH_ONLY = SMALL.replace("impls: [torch, customized, standard]", "impls: [torch]")
+
 
 @pytest.fixture
 def gpus_hidden(monkeypatch):
-    """The subprocess runs see no GPU, as on a CPU machine (its kernels interpreted): with one GPU, -n 2 with
-    --update-baselines is refused (test_workers_sharing_a_gpu_are_told_so_and_may_not_record), and the fake timer
-    needs none."""
+    """The subprocess runs see no GPU, as on a CPU machine: with one GPU, -n 2 with --update-baselines is refused
+    (test_workers_sharing_a_gpu_are_told_so_and_may_not_record), and the fake timer needs none."""
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
     monkeypatch.setenv("TRITON_INTERPRET", "1")
 
 
 def test_xdist_workers_send_results_to_the_controller_which_writes_once(env, gpus_hidden):
-    env.makefile(".yaml", small=SMALL)
+    env.makefile(".yaml", small=TORCH_ONLY)
     env.makeconftest(FAKE_TIMER)
     result = env.runpytest_subprocess("--moeperf", "small.yaml", "-n", "2", "--update-baselines", "-k", "timing",
                                       "--moeperf-json", "out.json")
-    result.assert_outcomes(passed=10)
-    assert len(json.loads(baseline_file(env).read_text())["entries"]) == 10
-    assert len(json.loads((env.path / "out.json").read_text())["results"]) == 10
-    result.stdout.fnmatch_lines(["*wrote 10 baseline entries*"])
+    result.assert_outcomes(passed=4)
+    assert len(json.loads(baseline_file(env).read_text())["entries"]) == 4
+    assert len(json.loads((env.path / "out.json").read_text())["results"]) == 4
+    result.stdout.fnmatch_lines(["*wrote 4 baseline entries*"])
     again = env.runpytest_subprocess("--moeperf", "small.yaml", "-n", "2", "-k", "timing")
-    again.assert_outcomes(passed=10)
+    again.assert_outcomes(passed=4)
 
 
 def test_the_environment_recorded_under_xdist_is_a_workers_not_the_controllers(env, monkeypatch, gpus_hidden):
-    env.makefile(".yaml", small=SMALL)
+    env.makefile(".yaml", small=TORCH_ONLY)
     env.makeconftest(FAKE_TIMER)
     monkeypatch.setenv("FAKE_ENV_WHERE", "1")
     monkeypatch.delenv("PYTEST_XDIST_WORKER", raising=False)  # when this test itself runs in an xdist worker
     result = env.runpytest_subprocess("--moeperf", "small.yaml", "-n", "2", "--update-baselines", "-k",
                                       "timing and M1", "--moeperf-json", "out.json")
-    result.assert_outcomes(passed=5)
+    result.assert_outcomes(passed=2)
     recorded = json.loads(baseline_file(env).read_text())["environment"]
     assert recorded["measured_in"] in ("gw0", "gw1")
     assert json.loads((env.path / "out.json").read_text())["environments"]["FAKE_GPU"]["measured_in"] in ("gw0", "gw1")
     alone = env.runpytest_subprocess("--moeperf", "small.yaml", "--update-baselines", "-k", "timing and M1")
-    alone.assert_outcomes(passed=5)
+    alone.assert_outcomes(passed=2)
     assert json.loads(baseline_file(env).read_text())["environment"]["measured_in"] == "controller"
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import importlib
 import inspect
+import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -39,6 +40,11 @@ def load_kernels():
         raise ImplError("the built-in Triton implementations need the package moeperf_kernels, which pytest-moeperf "
                         "installs (pip install its checkout or wheel; pip install -e . inside the checkout) "
                         f"({e})") from None
+    if os.environ.get("TRITON_INTERPRET") == "1":
+        from pytest_moeperf.oracle import interpreter
+
+        if (problem := interpreter.problem()) is not None:
+            raise ImplError(f"the built-in Triton implementations: {problem}")
     return moeperf_kernels
 
 
