@@ -49,7 +49,8 @@ class OutOfTime(Exception):
 
 class Clock:
     """Refuses to start a run that would likely end past the deadline (the longest run so far is the estimate), or
-    any run when only summarizing."""
+    any run when only summarizing; a run still going at the deadline is stopped (left_s), so that what the earlier
+    runs gave is summarized and kept (an injected run can take twice a clean one or more)."""
 
     def __init__(self, budget_s: float | None, may_run: bool = True):
         self.deadline = budget_s and time.time() + budget_s
@@ -59,6 +60,9 @@ class Clock:
     def check(self) -> None:
         if not self.may_run or self.deadline and time.time() + 1.1 * self.longest > self.deadline:
             raise OutOfTime
+
+    def left_s(self) -> float | None:
+        return self.deadline and max(1.0, self.deadline - time.time())
 
     def ran(self, seconds: float) -> None:
         self.longest = max(self.longest, seconds)
@@ -71,7 +75,12 @@ def run_pytest(clock: Clock, scenarios, select: str, json_path: Path, *extra: st
         cmd = [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-q", "--moeperf", *scenarios, "-k",
                select, "--moeperf-json", str(json_path), *extra]
         started = time.time()
-        done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
+        try:
+            done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=clock.left_s())
+        except subprocess.TimeoutExpired:
+            print(f"  {' '.join(cmd[5:])}: stopped at the deadline after {time.time() - started:.0f} s", flush=True)
+            json_path.unlink(missing_ok=True)
+            raise OutOfTime from None
         clock.ran(time.time() - started)
         print(f"  {' '.join(cmd[5:])}: exit {done.returncode}, {time.time() - started:.0f} s", flush=True)
         if not json_path.exists():
@@ -158,19 +167,18 @@ def main(argv=None) -> int:
             if not args.summarize:
                 print(f"round {i}", flush=True)
             names = round_files(i, fractions)
-            runs = [run_pytest(clock, args.scenarios, args.select, out / names[0], *extra)]
-            for f, name in zip(fractions, names[1:]):
-                runs.append(run_pytest(clock, args.scenarios, args.select, out / name, *extra,
-                                       "--moeperf-inject-slowdown", str(f)))
-            clean.append(runs[0])
-            for f, results in zip(fractions, runs[1:]):
-                injected[f].append(results)
+            clean.append(run_pytest(clock, args.scenarios, args.select, out / names[0], *extra))
+            for f, name in zip(fractions, names[1:]):  # each run counted as it comes: a cut round still counts
+                injected[f].append(run_pytest(clock, args.scenarios, args.select, out / name, *extra,
+                                              "--moeperf-inject-slowdown", str(f)))
             if not args.summarize:
                 summarize(out, clean, injected, baseline_of, args, source)
     except OutOfTime:
         if not args.summarize:
-            print(f"out of time (--budget-s {args.budget_s:g}) after {len(clean)} whole rounds; run again with "
-                  f"the same --out to go on", flush=True)
+            print(f"out of time (--budget-s {args.budget_s:g}): the runs that finished are summarized; run again "
+                  f"with the same --out to go on", flush=True)
+        summarize(out, clean, injected, baseline_of, args, source)
+        return 0
     if args.summarize:
         summarize(out, clean, injected, baseline_of, args, source)
     return 0

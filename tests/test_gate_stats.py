@@ -1,4 +1,8 @@
 """The gate experiment's arithmetic (pytest_moeperf/gate_stats.py) on hand-made results."""
+import importlib.util
+import json
+from pathlib import Path
+
 import pytest
 
 from benchmarks import gate_stats
@@ -63,12 +67,9 @@ def test_the_sweep_rejudges_with_each_threshold_and_floor():
     assert got[(0.06, 0.0)]["0.05 >= 10 us"] == 0.0 and got[(0.06, 0.0)]["false alarms"] == 0
 
 
-def test_the_experiment_summarizes_reports_already_on_disk(tmp_path):
-    """benchmarks/gate_experiment.py --summarize: reads whole rounds only, leaves out --drop-impls, writes summary."""
-    import importlib.util
-    import json
-    from pathlib import Path
-
+def _experiment_with_reports(folder: Path):
+    """benchmarks/gate_experiment.py loaded as a module, with two rounds' reports in `folder` (the second cut before
+    its injected run) and baselines for them."""
     script = Path(__file__).resolve().parents[1] / "benchmarks" / "gate_experiment.py"
     spec = importlib.util.spec_from_file_location("gate_experiment", script)
     experiment = importlib.util.module_from_spec(spec)
@@ -76,18 +77,43 @@ def test_the_experiment_summarizes_reports_already_on_disk(tmp_path):
 
     def report(name, rows):
         full = [dict(result(v, m, b, key), impl=impl, gpu="G", gpu_uuid="u1") for v, m, b, key, impl in rows]
-        (tmp_path / name).write_text(json.dumps({"results": full}))
+        (folder / name).write_text(json.dumps({"results": full}))
 
     report("clean-1.json", [("pass", 20.0, 20.0, "a", "mine"), ("regression", 5.0, 4.0, "b", "stale")])
     report("inject-0.1-1.json", [("regression (injected +10%)", 22.0, 20.0, "a", "mine"),
                                  ("pass", 5.5, 4.0, "b", "stale")])
-    report("clean-2.json", [("pass", 20.0, 20.0, "a", "mine")])  # round 2 has no injected run: not counted
-    bases = tmp_path / "baselines" / "G"
+    report("clean-2.json", [("regression", 20.0, 19.0, "a", "mine")])
+    bases = folder / "baselines" / "G"
     bases.mkdir(parents=True)
     (bases / "s.json").write_text(json.dumps({"schema": 1, "entries": {"a": baseline(20.0), "b": baseline(4.0)}}))
+    return experiment
+
+
+def test_the_experiment_summarizes_reports_already_on_disk(tmp_path):
+    """--summarize reads every run that finished (a cut round's too), leaves out --drop-impls, writes summary."""
+    experiment = _experiment_with_reports(tmp_path)
     assert experiment.main(["--summarize", "--out", str(tmp_path), "--baselines", str(tmp_path / "baselines"),
                             "--inject", "0.1", "--drop-impls", "stale"]) == 0
     summary = json.loads((tmp_path / "summary.json").read_text())
-    assert summary["false_alarms"] == [{"run": 1, "tests": 1, "flagged": 0, "excused": 0, "rate": 0.0}]
+    assert summary["false_alarms"] == [{"run": 1, "tests": 1, "flagged": 0, "excused": 0, "rate": 0.0},
+                                       {"run": 2, "tests": 1, "flagged": 1, "excused": 0, "rate": 1.0}]
     assert [(d["kernels"], d["tests"], d["flagged"]) for d in summary["detection"]] == [(">= 10 us", 1, 1)]
     assert summary["dropped_impls"] == ["stale"] and summary["gpu_uuids"] == ["u1"]
+
+
+def test_the_experiment_stops_a_run_still_going_at_its_deadline_and_summarizes_what_finished(tmp_path, monkeypatch):
+    experiment = _experiment_with_reports(tmp_path)
+    (tmp_path / "clean-2.json").unlink()
+    asked = []
+
+    def too_slow(cmd, timeout, **kw):  # the next run (round 2's clean one) outlives the budget
+        asked.append(timeout)
+        raise experiment.subprocess.TimeoutExpired(cmd, timeout)
+
+    monkeypatch.setattr(experiment.subprocess, "run", too_slow)
+    assert experiment.main(["--out", str(tmp_path), "--baselines", str(tmp_path / "baselines"), "--inject", "0.1",
+                            "--rounds", "2", "--budget-s", "60", "--drop-impls", "stale"]) == 0
+    assert len(asked) == 1 and 50 < asked[0] <= 60  # stopped at the deadline, not at a limit of its own
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert [r["run"] for r in summary["false_alarms"]] == [1] and summary["detection"][0]["tests"] == 1
+    assert not (tmp_path / "clean-2.json").exists()
