@@ -177,10 +177,7 @@ def main(argv=None) -> int:
         if not args.summarize:
             print(f"out of time (--budget-s {args.budget_s:g}): the runs that finished are summarized; run again "
                   f"with the same --out to go on", flush=True)
-        summarize(out, clean, injected, baseline_of, args, source)
-        return 0
-    if args.summarize:
-        summarize(out, clean, injected, baseline_of, args, source)
+        summarize(out, clean, injected, baseline_of, args, source)  # --summarize always ends here
     return 0
 
 

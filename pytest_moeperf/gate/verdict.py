@@ -18,7 +18,6 @@ import math
 import statistics
 
 from pytest_moeperf.measure import timing
-from pytest_moeperf.measure.timing import relative_iqr
 
 P_VALUE = 0.01
 
@@ -76,7 +75,7 @@ def judge(samples: list[float], baseline: list[float] | None, threshold: float, 
         return Verdict(Kind.NEW)
     base_median = statistics.median(baseline)
     ratio = statistics.median(samples) / base_median
-    band = max(threshold, relative_iqr(samples), relative_iqr(baseline), floor_us / base_median)
+    band = max(threshold, timing.relative_iqr(samples), timing.relative_iqr(baseline), floor_us / base_median)
     if ratio > 1 + band:
         p = mann_whitney_greater(samples, baseline)
         return Verdict(Kind.REGRESSION if p < P_VALUE else Kind.PASS, ratio, band, p)
