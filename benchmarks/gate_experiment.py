@@ -9,11 +9,13 @@ Without --record it judges against the committed baselines (the "fresh machine" 
 record them). With --record it first records baselines into --baselines (a scratch folder, default
 <out>/baselines), then judges against those (the "same machine" case). Each round runs the timing tests once clean
 and once per injected fraction (--moeperf-inject-slowdown), each run a separate pytest process, and keeps their JSON
-reports in --out; reports already there are reused, so a second call with the same --out adds rounds. After each
-round it prints and writes (summary.json) the false alarms per clean run, the detection rate per injected size and
-kernel duration with the slowdown actually injected, the spread of the clean median / baseline median ratio (raw
-and scaled by the copy ceilings of the two runs), and the same reports re-judged offline for each threshold and
-noise floor of the sweep. --summarize only reads --out. GPU only, except --summarize.
+reports in --out; reports already there are reused, so a second call with the same --out adds rounds. With
+--budget-s a run still going at the deadline is interrupted as Ctrl-C would and its finished tests are counted
+(<name>.partial.json; the next call runs it again in full). After each round it prints and writes (summary.json)
+the false alarms per clean run, the detection rate per injected size and kernel duration with the slowdown actually
+injected, the spread of the clean median / baseline median ratio (raw and scaled by the copy ceilings of the two
+runs), and the same reports re-judged offline for each threshold and noise floor of the sweep. --summarize only
+reads --out. GPU only, except --summarize.
 
 With --against REF every run is the in-process A/B gate (--moeperf-against REF; REF = HEAD for the A/A part): no
 baselines are read or recorded, "baseline" in the tables is the reference's median of the same run, and the offline
@@ -24,6 +26,7 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
+import signal
 import subprocess
 import sys
 import time
@@ -47,45 +50,66 @@ class OutOfTime(Exception):
     pass
 
 
+MIN_RUN_S = 60  # no run starts with less time than this left before the deadline
+INTERRUPT_GRACE_S = 60  # an interrupted run's time to write its report
+
+
 class Clock:
-    """Refuses to start a run that would likely end past the deadline (the longest run so far is the estimate), or
-    any run when only summarizing; a run still going at the deadline is stopped (left_s), so that what the earlier
-    runs gave is summarized and kept (an injected run can take twice a clean one or more)."""
+    """Refuses to start a run with less than MIN_RUN_S left before the deadline, or any run when only summarizing;
+    a run still going at the deadline is interrupted (left_s) and keeps what it finished (run_pytest)."""
 
     def __init__(self, budget_s: float | None, may_run: bool = True):
         self.deadline = budget_s and time.time() + budget_s
         self.may_run = may_run
-        self.longest = 0.0
 
     def check(self) -> None:
-        if not self.may_run or self.deadline and time.time() + 1.1 * self.longest > self.deadline:
+        if not self.may_run or self.deadline and time.time() + MIN_RUN_S > self.deadline:
             raise OutOfTime
 
     def left_s(self) -> float | None:
         return self.deadline and max(1.0, self.deadline - time.time())
 
-    def ran(self, seconds: float) -> None:
-        self.longest = max(self.longest, seconds)
+
+def partial_path(json_path: Path) -> Path:
+    return json_path.with_suffix(".partial.json")
 
 
-def run_pytest(clock: Clock, scenarios, select: str, json_path: Path, *extra: str) -> list[dict]:
-    """The results of one pytest run, or of the report an earlier call left at json_path."""
+def run_pytest(clock: Clock, scenarios, select: str, json_path: Path, *extra: str) -> tuple[list[dict], bool]:
+    """(results, partial) of one pytest run, or of the report an earlier call left at json_path.
+
+    A run still going at the deadline is interrupted as Ctrl-C would: pytest then writes the report of the tests it
+    finished, kept as <name>.partial.json (partial = True; a later call runs it again in full, --summarize reads it).
+    Only a run that wrote no report is lost."""
+    partial = partial_path(json_path)
     if not json_path.exists():
+        if not clock.may_run and partial.exists():
+            return json.loads(partial.read_text())["results"], True
         clock.check()
         cmd = [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-q", "--moeperf", *scenarios, "-k",
                select, "--moeperf-json", str(json_path), *extra]
         started = time.time()
+        proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         try:
-            done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=clock.left_s())
+            stdout, stderr = proc.communicate(timeout=clock.left_s())
         except subprocess.TimeoutExpired:
-            print(f"  {' '.join(cmd[5:])}: stopped at the deadline after {time.time() - started:.0f} s", flush=True)
-            json_path.unlink(missing_ok=True)
-            raise OutOfTime from None
-        clock.ran(time.time() - started)
-        print(f"  {' '.join(cmd[5:])}: exit {done.returncode}, {time.time() - started:.0f} s", flush=True)
+            proc.send_signal(signal.SIGINT)
+            try:
+                proc.communicate(timeout=INTERRUPT_GRACE_S)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.communicate()
+            print(f"  {' '.join(cmd[5:])}: interrupted at the deadline after {time.time() - started:.0f} s", flush=True)
+            if not json_path.exists():
+                raise OutOfTime from None
+            json_path.replace(partial)
+            results = json.loads(partial.read_text())["results"]
+            print(f"  kept the {len(results)} tests it finished in {partial.name}", flush=True)
+            return results, True
+        print(f"  {' '.join(cmd[5:])}: exit {proc.returncode}, {time.time() - started:.0f} s", flush=True)
         if not json_path.exists():
-            sys.exit(f"no report from that run; its output ends:\n{done.stdout[-3000:]}\n{done.stderr[-2000:]}")
-    return json.loads(json_path.read_text())["results"]
+            sys.exit(f"no report from that run; its output ends:\n{stdout[-3000:]}\n{stderr[-2000:]}")
+    partial.unlink(missing_ok=True)
+    return json.loads(json_path.read_text())["results"], False
 
 
 def round_files(i: int, fractions: list[float]) -> list[str]:
@@ -103,7 +127,7 @@ def baseline_lookup(root: Path):
     return baseline_of
 
 
-def summarize(out: Path, clean, injected, baseline_of, args, source: str) -> None:
+def summarize(out: Path, clean, injected, baseline_of, args, source: str, partial: list[str]) -> None:
     drop = set(args.drop_impls.split(",")) if args.drop_impls else set()
     clean = [[r for r in run if r["impl"] not in drop] for run in clean]
     injected = {f: [[r for r in run if r["impl"] not in drop] for run in runs] for f, runs in injected.items()}
@@ -115,9 +139,11 @@ def summarize(out: Path, clean, injected, baseline_of, args, source: str) -> Non
                                          floats(args.sweep_floors)) if stored else [],
                "gpu_uuids": sorted({r["gpu_uuid"] for run in clean for r in run}),
                "scenarios": args.scenarios, "select": args.select, "dropped_impls": sorted(drop),
-               "baselines": source}
+               "baselines": source, "partial_runs": partial}
     (out / "summary.json").write_text(json.dumps(summary, indent=1))
     print(f"\n{len(clean)} rounds on {', '.join(summary['gpu_uuids'])}, baselines: {source}")
+    if partial:
+        print(f"interrupted at the deadline, counted with the tests they finished: {', '.join(partial)}")
     for name, rows in (("false alarms per clean run (A/A)", summary["false_alarms"]),
                        ("detection of injected slowdowns (A/B)", summary["detection"]),
                        ("clean median / baseline median", summary["ratio_spread"]),
@@ -141,7 +167,8 @@ def main(argv=None) -> int:
     ap.add_argument("--summarize", action="store_true", help="only summarize the reports already in --out")
     ap.add_argument("--drop-impls", help="leave these implementations' results out of the summary (comma-separated; "
                                          "e.g. ones whose baselines are known to be stale)")
-    ap.add_argument("--budget-s", type=float, help="start no run that would likely end after this many seconds")
+    ap.add_argument("--budget-s", type=float, help="stop after this many seconds: a run still going is interrupted "
+                                                   "and its finished tests are counted")
     ap.add_argument("--against", metavar="REF", help="run the in-process A/B gate against REF (e.g. HEAD for A/A)")
     args = ap.parse_args(argv)
     out = args.out.resolve()
@@ -158,26 +185,35 @@ def main(argv=None) -> int:
     baseline_of = baseline_lookup(folder)
     fractions = floats(args.inject)
     clock = Clock(args.budget_s, may_run=not args.summarize)
-    clean, injected = [], {f: [] for f in fractions}
+    clean, injected, partial = [], {f: [] for f in fractions}, []
+
+    def run(name: str, into: list, *more: str) -> None:
+        """Runs (or reads) one report into `into`; one interrupted at the deadline is counted, then ends the rounds."""
+        results, cut = run_pytest(clock, args.scenarios, args.select, out / name, *extra, *more)
+        into.append(results)
+        if cut:
+            partial.append(f"{name} ({len(results)} tests)")
+            if not args.summarize:
+                raise OutOfTime
+
     try:
         if args.record and not args.summarize:
             print("recording baselines", flush=True)
-            run_pytest(clock, args.scenarios, args.select, out / "record.json", "--update-baselines", *extra)
+            run("record.json", [], "--update-baselines")
         for i in itertools.count(1) if args.summarize else range(1, args.rounds + 1):
             if not args.summarize:
                 print(f"round {i}", flush=True)
             names = round_files(i, fractions)
-            clean.append(run_pytest(clock, args.scenarios, args.select, out / names[0], *extra))
+            run(names[0], clean)
             for f, name in zip(fractions, names[1:]):  # each run counted as it comes: a cut round still counts
-                injected[f].append(run_pytest(clock, args.scenarios, args.select, out / name, *extra,
-                                              "--moeperf-inject-slowdown", str(f)))
+                run(name, injected[f], "--moeperf-inject-slowdown", str(f))
             if not args.summarize:
-                summarize(out, clean, injected, baseline_of, args, source)
+                summarize(out, clean, injected, baseline_of, args, source, partial)
     except OutOfTime:
         if not args.summarize:
             print(f"out of time (--budget-s {args.budget_s:g}): the runs that finished are summarized; run again "
                   f"with the same --out to go on", flush=True)
-        summarize(out, clean, injected, baseline_of, args, source)  # --summarize always ends here
+        summarize(out, clean, injected, baseline_of, args, source, partial)  # --summarize always ends here
     return 0
 
 

@@ -7,7 +7,8 @@ timer with warm and cold L2, with kernel launches per call counted by the PyTorc
 
 GPU only. Per row: median us, GB/s (contract section 3 payload bytes over the median), % of the device-copy ceiling
 measured in the same process, launches per call (kernels, memsets and copies the profiler saw during one eager call) and
-their summed duration ("kernel us": the median minus it is launch overhead and gaps).
+their summed duration ("kernel us": the median minus it is launch overhead and gaps), and each one's ("per kernel
+us", by kernel name).
 Correctness is checked against the torch reference before a row is timed; a failing row is reported, not timed.
 Rows use the tuned launch configs of kernels/configs/ where there are some; --compare-default also says whether a
 tuned entry serves the row ("config": tuned / default) and times it three more times in pairs, tuned then the
@@ -39,32 +40,33 @@ DEFAULT_SCENARIOS = ("scenarios/mixtral.yaml", "scenarios/deepseek-v3.yaml")
 DEFAULT_BATCHES = (1, 8, 64, 256, 1024, 4096, 16384)
 DEFAULT_IMPLS = ("customized", "customized_scratch", "standard", "torch")
 HEADERS = ["scenario", "dtype", "op", "impl", "M", "L2", "median us", "IQR us", "GB/s", "% ceiling", "launches",
-           "kernel us", "mode"]
+           "kernel us", "per kernel us", "mode"]
 COMPARE_HEADERS = ["config", "tuned us (paired)", "default us (paired)", "tuned / default"]
 
 
-def profile_call(call) -> tuple[int, float]:
-    """(GPU activities: kernels, memsets and copies, their summed duration in us) of one eager call, as the PyTorch
-    profiler records them. The duration leaves out launch gaps: compare it with the graph median to see them."""
+def profile_call(call) -> list[tuple[str, float]]:
+    """The GPU activities of one eager call (kernels, memsets and copies: name, duration in us), in order, as the
+    PyTorch profiler records them. The durations leave out launch gaps: compare their sum with the graph median to
+    see them."""
     call()
     torch.cuda.synchronize()
     with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
         call()
         torch.cuda.synchronize()
     events = [e for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA]
-    return len(events), sum(getattr(e, "device_time", None) or e.cuda_time for e in events)
+    return [(e.name, getattr(e, "device_time", None) or e.cuda_time) for e in events]
 
 
 def bench_row(sc, impl, op, dtype, M, l2, ceiling, device, compare_default=False) -> list:
-    """One row without its profiler columns ("launches", "kernel us"): profile_rows() fills them once every row is
-    timed, since the profiler, once started, slows every later launch in the process (graph replays included): on
-    an H200 a 1.8 us permute timed 3.5 us after it."""
+    """One row without its profiler columns ("launches", "kernel us", "per kernel us"): profile_rows() fills them
+    once every row is timed, since the profiler, once started, slows every later launch in the process (graph
+    replays included): on an H200 a 1.8 us permute timed 3.5 us after it."""
     first = problem.build(sc, dtype, M, device)
     head = [sc.name, dtype, op, impl.name, M, l2]
     try:
         impl.check(op, first)
     except AssertionError as e:
-        return head + ["", "", "", "", "", "", f"incorrect: {str(e).splitlines()[0][:60]}"]
+        return head + ["", "", "", "", "", "", "", f"incorrect: {str(e).splitlines()[0][:60]}"]
     payload, extra = problem.moved_bytes(op, first)
     sets = 1 if l2 == "warm" else timing.input_sets_for_cold_l2(payload + extra, device)
     calls = [impl.prepare(op, first)] + [impl.prepare(op, problem.build(sc, dtype, M, device, i))
@@ -74,7 +76,7 @@ def bench_row(sc, impl, op, dtype, M, l2, ceiling, device, compare_default=False
     m = timing.measure(calls, dataclasses.replace(sc.timing, l2=l2))
     gbps = payload / m.median / 1e3
     pct = "" if op == "align" else f"{100 * gbps / ceiling:.1f}"
-    row = head + [f"{m.median:.2f}", f"{m.iqr:.2f}", f"{gbps:.0f}", pct, None, None,
+    row = head + [f"{m.median:.2f}", f"{m.iqr:.2f}", f"{gbps:.0f}", pct, None, None, None,
                   m.mode + (f" x{sets} sets" if sets > 1 else "")]
     if compare_default:
         row += compare_with_default(calls, dataclasses.replace(sc.timing, l2=l2))
@@ -82,13 +84,16 @@ def bench_row(sc, impl, op, dtype, M, l2, ceiling, device, compare_default=False
 
 
 def profile_rows(rows: list, jobs: list, device) -> None:
-    """Fill each timed row's "launches" and "kernel us" from one profiled eager call on its first input set."""
+    """Fill each timed row's profiler columns from one profiled eager call on its first input set: launches, their
+    summed time, and each one's ("count_kernel 3.1 + permute_rows_kernel 30.2")."""
     at, median = HEADERS.index("launches"), HEADERS.index("median us")
     for row, (sc, impl, op, dtype, M) in zip(rows, jobs):
         if row[median] == "":  # incorrect: not timed
             continue
-        row[at], busy_us = profile_call(impl.prepare(op, problem.build(sc, dtype, M, device)))
-        row[at + 1] = f"{busy_us:.2f}"
+        activities = profile_call(impl.prepare(op, problem.build(sc, dtype, M, device)))
+        row[at] = len(activities)
+        row[at + 1] = f"{sum(us for _, us in activities):.2f}"
+        row[at + 2] = " + ".join(f"{name.split('(')[0][:40]} {us:.2f}" for name, us in activities)
 
 
 def compare_with_default(calls, timing_cfg, rounds: int = 5) -> list:

@@ -226,8 +226,10 @@ def table_padding(out_ptr, table_ptr, bucket, row, keep, ROUND, value, PAD_IS_VA
 @triton.jit
 def align_place_kernel(topk_ptr, map_ptr, base_ptr, rank_ptr, table_ptr, sorted_ptr, expert_ids_ptr, R, E, ROUND,
                        CHUNK, MAP_EXPERT_IDS: tl.constexpr, HAS_PAD: tl.constexpr, PAD_COLS: tl.constexpr,
-                       W: tl.constexpr, BLOCK: tl.constexpr):
+                       W: tl.constexpr, BLOCK: tl.constexpr, PDL: tl.constexpr):
     """moe_align_block_size's routes after count_kernel (large batches), BLOCK routes per program."""
+    if PDL:
+        tl.extra.cuda.gdc_wait()
     r = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
     valid = r < R
     bucket, row = place_chunk_routes(topk_ptr, map_ptr, base_ptr, rank_ptr, r, valid, E, E, CHUNK, False, W)
@@ -242,7 +244,7 @@ def count_kernel(topk_ptr, map_ptr, hist_ptr, rank_ptr, base_ptr, table_ptr, tic
                  head_ptr, R, E, NB, ROUND, P, fill_value, num_blocks, CHUNK, IS_ALIGN: tl.constexpr,
                  MAP_BUCKETS: tl.constexpr, MAP_EXPERT_IDS: tl.constexpr, HAS_PAD: tl.constexpr,
                  PAD_COLS: tl.constexpr, W: tl.constexpr, SUB: tl.constexpr,
-                 BLOCK_C: tl.constexpr, FILL_BLOCK: tl.constexpr):
+                 BLOCK_C: tl.constexpr, FILL_BLOCK: tl.constexpr, PDL: tl.constexpr):
     """The index of a large batch: program c ranks the routes of chunk c among themselves and writes the chunk's
     histogram; the program that finishes last (a ticket counter, reset to 0 when it is done) turns the histograms
     into per-chunk base rows and a table of each bucket's end and padding, and writes the tail and the offsets
@@ -253,6 +255,8 @@ def count_kernel(topk_ptr, map_ptr, hist_ptr, rank_ptr, base_ptr, table_ptr, tic
     num_tokens_post_padded; the buckets are the global experts. moe_permute: slot_ptr = m_indices (fill_value in the
     tail), head_ptr = expert_first_token_offset (int64, NB+1 entries), buckets mapped with MAP_BUCKETS.
     """
+    if PDL:  # the placing kernel may start now, all of this grid being resident (one wave); it waits for us
+        tl.extra.cuda.gdc_launch_dependents()
     c = tl.program_id(0)
     C = tl.num_programs(0)
     run = tl.zeros([W], dtype=tl.int32)

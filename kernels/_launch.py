@@ -102,6 +102,14 @@ def small_index_meta(num_routes: int, num_buckets: int) -> dict:
 
 
 @functools.lru_cache(maxsize=None)
+def pdl(device: torch.device) -> bool:
+    """Whether a kernel that follows count_kernel is launched as its programmatic dependent (PDL: it starts while
+    count_kernel runs and waits for it with gdc_wait): on Hopper and later, compiled (not the interpreter)."""
+    return (not INTERPRETED and device.type == "cuda" and torch.cuda.get_device_capability(device)[0] >= 9
+            and hasattr(triton.language.extra.cuda, "gdc_wait"))
+
+
+@functools.lru_cache(maxsize=None)
 def _sm_count(device_index: int) -> int:
     return torch.cuda.get_device_properties(device_index).multi_processor_count
 

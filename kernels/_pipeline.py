@@ -85,6 +85,7 @@ def launch_index(topk_flat: torch.Tensor, expert_map: torch.Tensor | None, num_e
             num_warps=4, **_launch.small_index_meta(R, num_experts))
         return None, None
     shape = CountShape(R, num_buckets)
+    pdl = _launch.pdl(topk_flat.device)
     if count is None:
         count = CountShape.allocate(R, num_buckets, topk_flat.device)
         count["ticket"] = ticket_counter(topk_flat.device)
@@ -92,11 +93,11 @@ def launch_index(topk_flat: torch.Tensor, expert_map: torch.Tensor | None, num_e
         topk_flat, map_or_ids, count["hist"], count["rank"], count["base"], count["table"], count["ticket"], slots,
         expert_ids if is_align else dummy, head, R, num_experts, num_buckets, round_to, slots.numel(), fill_value,
         expert_ids.numel() if is_align else 0, shape.CHUNK, SUB=_launch.sub_block(),
-        BLOCK_C=max(1, 4096 // shape.W), num_warps=4, **meta)
+        BLOCK_C=max(1, 4096 // shape.W), num_warps=4, PDL=pdl, **meta)
     if is_align:
         block = 64
         _index.align_place_kernel[(cdiv(R, block),)](
             topk_flat, map_or_ids, count["base"], count["rank"], count["table"], slots, expert_ids, R, num_experts,
             round_to, shape.CHUNK, MAP_EXPERT_IDS=meta["MAP_EXPERT_IDS"], HAS_PAD=meta["HAS_PAD"],
-            PAD_COLS=meta["PAD_COLS"], W=shape.W, BLOCK=block, num_warps=4)
+            PAD_COLS=meta["PAD_COLS"], W=shape.W, BLOCK=block, num_warps=4, PDL=pdl, launch_pdl=pdl)
     return count, shape.CHUNK

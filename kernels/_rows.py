@@ -48,13 +48,16 @@ def permute_rows_kernel(topk_ptr, map_ptr, base_ptr, rank_ptr, table_ptr, x_ptr,
                         scale_ptr, out_scale_ptr, M, E, L, ROUND, H, S, stride_x, stride_out, stride_s, stride_os,
                         CHUNK, K: tl.constexpr, MAP_BUCKETS: tl.constexpr, HAS_SCALE: tl.constexpr,
                         HAS_PAD: tl.constexpr, PAD_COLS: tl.constexpr, W: tl.constexpr, BLOCK_T: tl.constexpr,
-                        BLOCK_H: tl.constexpr, BLOCK_S: tl.constexpr):
+                        BLOCK_H: tl.constexpr, BLOCK_S: tl.constexpr, PDL: tl.constexpr):
     """After count_kernel: each route's row from its chunk's base and its rank; program column 0 writes inv,
-    m_indices and the padding, every program copies its tile to the rows of its tokens' local routes."""
+    m_indices and the padding, every program copies its tile to the rows of its tokens' local routes. PDL: launched
+    as count_kernel's dependent, the tile is loaded while count_kernel still runs (it does not write the input)."""
     pid_h = tl.program_id(1)
     t0 = tl.program_id(0) * BLOCK_T
     v, sv, tm = load_tokens(x_ptr, scale_ptr, t0, M, H, S, pid_h, stride_x, stride_s,
                             HAS_SCALE, BLOCK_T, BLOCK_H, BLOCK_S)
+    if PDL:
+        tl.extra.cuda.gdc_wait()
     t = t0 + tl.arange(0, BLOCK_T)
     for j in tl.static_range(K):
         r = t * K + j

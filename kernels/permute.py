@@ -34,8 +34,9 @@ def moe_permute(hidden_states: torch.Tensor, a1q_scale: torch.Tensor | None, top
 
     No sort (see _index.py). One launch while R = M*topk <= _launch.small_batch_routes(): each program builds the
     index of its own tokens' routes and copies their rows. Two above: count_kernel, then a token-major copy that
-    places the routes. Dropped routes (non-local, or ids outside [0, n_expert)) get rows >= V and are not copied. With
-    `scratch` (a MoEPermuteScratch) nothing is allocated and the outputs alias the scratch.
+    places the routes (on Hopper and later launched as count_kernel's dependent: _launch.pdl). Dropped routes
+    (non-local, or ids outside [0, n_expert)) get rows >= V and are not copied. With `scratch` (a MoEPermuteScratch)
+    nothing is allocated and the outputs alias the scratch.
     """
     M, H = _checks.check_hidden_states(hidden_states)
     _, k = _checks.check_topk_ids(topk_ids, M)
@@ -93,11 +94,12 @@ def moe_permute(hidden_states: torch.Tensor, a1q_scale: torch.Tensor | None, top
     else:
         count, chunk = launch_index(topk_flat, expert_map, n_expert, L, A or 1, out["m_indices"],
                                     fill_invalid_expert, out["offsets"], count=out.get("count"))
+        pdl = _launch.pdl(hidden_states.device)
         if M > 0:
             _rows.permute_rows_kernel[(cdiv(M, block_t), grid_h)](
                 topk_flat, map_or_ids, count["base"], count["rank"], count["table"], x_bits, out_bits, out["inv"],
                 out["m_indices"], scale_src, scale_dst, M, n_expert, L, A or 1, *copy_args, chunk,
-                **index_meta, **copy_meta)
+                PDL=pdl, launch_pdl=pdl, **index_meta, **copy_meta)
     scale_out = out["scale"] if S else a1q_scale
     return out["permuted"], scale_out, out["offsets"], out["inv"], out["m_indices"]
 

@@ -48,7 +48,8 @@ class FakeTimer:
                 return call()
             run.extra_us = extra_us
             return run
-        return (lambda cs: [slowed(c) for c in cs]), {"target_us": extra_us, "extra_us": extra_us, "extra_bytes": 0}
+        return (lambda cs: [slowed(c) for c in cs]), {"target_us": extra_us, "extra_us": extra_us, "spin_cycles": 0,
+                                                    "spin_every": 1}
     def health(self):
         return json.loads(os.environ.get("FAKE_HEALTH", "{}"))
     def input_sets_for_cold_l2(self, nbytes, device):

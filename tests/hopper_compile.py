@@ -1,7 +1,8 @@
-"""Compiles fused_experts' Triton kernels for an H100 (sm_90) without a GPU, in every operand and scale layout the
-launcher uses: the Triton interpreter runs kernels as Python and lets through code the GPU compiler rejects (a
-global read in a kernel, a dot of mismatched types). Run by tests/test_fused_moe.py in a process of its own, since
-TRITON_INTERPRET, set for the other tests, decides at import time what triton.jit makes.
+"""Compiles Triton kernels for an H100 (sm_90) without a GPU: fused_experts' in every operand and scale layout the
+launcher uses, and the index kernels as launched on Hopper (as programmatic dependents of count_kernel, PDL). The
+Triton interpreter runs kernels as Python and lets through code the GPU compiler rejects (a global read in a kernel,
+a dot of mismatched types), and it has no dependent launch. Run by tests/test_fused_moe.py in a process of its own,
+since TRITON_INTERPRET, set for the other tests, decides at import time what triton.jit makes.
 
     python tests/hopper_compile.py   # prints one line per kernel compiled; exit status 1 on the first failure
 """
@@ -15,21 +16,23 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import triton  # noqa: E402
 from triton.backends.compiler import GPUTarget  # noqa: E402
 
-from moeperf_kernels import _gemm  # noqa: E402
+from moeperf_kernels import _gemm, _index, _rows  # noqa: E402
 
 HOPPER = GPUTarget("cuda", 90, 32)
 NOT_ALIGNED = {"R", "group_n", "group_k"}  # every other integer a launch passes is a multiple of 16 in the scenarios
 
 
-def compile_for_hopper(kernel, pointer_types: dict, constexprs: dict, **options):
-    """Compile `kernel` for sm_90: pointer arguments typed by pointer_types, other non-constexpr ones i32."""
+def compile_for_hopper(kernel, pointer_types: dict, constexprs: dict, aligned: bool = True, **options):
+    """Compile `kernel` for sm_90: pointer arguments typed by pointer_types (i32 if not named), other non-constexpr
+    ones i32, said to be multiples of 16 where `aligned` (but NOT_ALIGNED)."""
     signature, attrs = {}, {}
     for i, p in enumerate(kernel.params):
         if p.is_constexpr:
             signature[p.name] = "constexpr"
             continue
-        signature[p.name] = f"*{pointer_types[p.name]}" if p.name in pointer_types else "i32"
-        if p.name not in NOT_ALIGNED:
+        pointer = p.name.endswith("_ptr")
+        signature[p.name] = f"*{pointer_types.get(p.name, 'i32')}" if pointer else "i32"
+        if aligned and p.name not in NOT_ALIGNED:
             attrs[(i,)] = [["tt.divisibility", 16]]
     src = triton.compiler.ASTSource(fn=kernel, signature=signature, constexprs=constexprs, attrs=attrs)
     return triton.compile(src, target=HOPPER, options=options)
@@ -57,6 +60,19 @@ def main() -> int:
     for t in ("bf16", "fp16"):
         compile_for_hopper(_gemm.silu_and_mul_kernel, dict(x_ptr=t, out_ptr=t), dict(EMULATE_RTNE=False, BLOCK=1024))
         print(f"silu_and_mul_kernel {t}: compiled")
+    index = dict(HAS_PAD=True, PAD_COLS=64, W=512, PDL=True)  # DeepSeek-V3's 256 experts, rows aligned to 128
+    dependents = [
+        (_index.count_kernel, dict(head_ptr="i64"), dict(index, IS_ALIGN=False, MAP_BUCKETS=False,
+                                                         MAP_EXPERT_IDS=False, SUB=128, BLOCK_C=8, FILL_BLOCK=1024),
+         "launch_dependents"),
+        (_rows.permute_rows_kernel, dict(x_ptr="i8", out_ptr="i8", scale_ptr="fp32", out_scale_ptr="fp32"),
+         dict(index, K=8, MAP_BUCKETS=False, HAS_SCALE=True, BLOCK_T=2, BLOCK_H=4096, BLOCK_S=64), "wait"),
+        (_index.align_place_kernel, {}, dict(index, MAP_EXPERT_IDS=False, BLOCK=64), "wait"),
+    ]
+    for kernel, pointers, constexprs, instruction in dependents:
+        k = compile_for_hopper(kernel, pointers, constexprs, aligned=False, num_warps=4)
+        found = f"griddepcontrol.{instruction}" in k.asm["ptx"]
+        print(f"{kernel.fn.__name__} PDL: griddepcontrol.{instruction} {'emitted' if found else 'MISSING'}")
     return 0
 
 

@@ -155,10 +155,14 @@ def test_weight_scales_must_match_the_mode(device):
 
 
 def test_kernels_compile_for_an_h100():
-    """The GPU compiler's view of the kernels, without a GPU: tests/hopper_compile.py builds them for sm_90 in every
-    mode, in a process without TRITON_INTERPRET (the interpreter accepts code that compiler rejects)."""
+    """The GPU compiler's view of the kernels, without a GPU: tests/hopper_compile.py builds fused_experts' for sm_90
+    in every mode and the index kernels as dependent launches (their grid-dependency instructions are in the PTX), in
+    a process without TRITON_INTERPRET (the interpreter accepts code that compiler rejects, and skips PDL)."""
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     done = subprocess.run([sys.executable, str(Path(__file__).with_name("hopper_compile.py"))], env=env,
                           capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stderr[-4000:]
     assert done.stdout.count("expert_gemm_kernel") == 6 and done.stdout.count("silu_and_mul_kernel") == 2, done.stdout
+    for kernel, instruction in (("count_kernel", "launch_dependents"), ("permute_rows_kernel", "wait"),
+                                ("align_place_kernel", "wait")):
+        assert f"{kernel} PDL: griddepcontrol.{instruction} emitted" in done.stdout, done.stdout

@@ -101,19 +101,67 @@ def test_the_experiment_summarizes_reports_already_on_disk(tmp_path):
     assert summary["dropped_impls"] == ["stale"] and summary["gpu_uuids"] == ["u1"]
 
 
+def _outliving_runs(experiment, monkeypatch, report_rows):
+    """subprocess.Popen replaced by pytest runs that outlive any budget: communicate() times out (the timeouts asked
+    are returned) until the run is sent SIGINT; then, like pytest on Ctrl-C, it writes the report of the tests it
+    finished (report_rows, a JSON "results" list; None: it had finished none and writes nothing)."""
+    asked = []
+
+    class Outliving:
+        returncode = 2
+
+        def __init__(self, cmd, **kw):
+            self.cmd, self.interrupted = cmd, False
+
+        def communicate(self, timeout=None):
+            if not self.interrupted:
+                asked.append(timeout)
+                raise experiment.subprocess.TimeoutExpired(self.cmd, timeout)
+            if report_rows is not None:
+                Path(self.cmd[self.cmd.index("--moeperf-json") + 1]).write_text(json.dumps({"results": report_rows}))
+            return "", ""
+
+        def send_signal(self, sig):
+            assert sig == experiment.signal.SIGINT
+            self.interrupted = True
+
+    monkeypatch.setattr(experiment.subprocess, "Popen", Outliving)
+    return asked
+
+
 def test_the_experiment_stops_a_run_still_going_at_its_deadline_and_summarizes_what_finished(tmp_path, monkeypatch):
     experiment = _experiment_with_reports(tmp_path)
     (tmp_path / "clean-2.json").unlink()
-    asked = []
-
-    def too_slow(cmd, timeout, **kw):  # the next run (round 2's clean one) outlives the budget
-        asked.append(timeout)
-        raise experiment.subprocess.TimeoutExpired(cmd, timeout)
-
-    monkeypatch.setattr(experiment.subprocess, "run", too_slow)
+    asked = _outliving_runs(experiment, monkeypatch, None)  # round 2's clean run outlives the budget, reports none
     assert experiment.main(["--out", str(tmp_path), "--baselines", str(tmp_path / "baselines"), "--inject", "0.1",
-                            "--rounds", "2", "--budget-s", "60", "--drop-impls", "stale"]) == 0
-    assert len(asked) == 1 and 50 < asked[0] <= 60  # stopped at the deadline, not at a limit of its own
+                            "--rounds", "2", "--budget-s", "120", "--drop-impls", "stale"]) == 0
+    assert len(asked) == 1 and 110 < asked[0] <= 120  # stopped at the deadline, not at a limit of its own
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert [r["run"] for r in summary["false_alarms"]] == [1] and summary["detection"][0]["tests"] == 1
-    assert not (tmp_path / "clean-2.json").exists()
+    assert summary["partial_runs"] == []
+    assert not (tmp_path / "clean-2.json").exists() and not (tmp_path / "clean-2.partial.json").exists()
+
+
+def test_a_run_interrupted_at_the_deadline_counts_the_tests_it_finished(tmp_path, monkeypatch):
+    experiment = _experiment_with_reports(tmp_path)
+    (tmp_path / "clean-2.json").unlink()
+    finished = [dict(result("regression", 20.0, 19.0, "a"), impl="mine", gpu="G", gpu_uuid="u1")]
+    _outliving_runs(experiment, monkeypatch, finished)
+    args = ["--out", str(tmp_path), "--baselines", str(tmp_path / "baselines"), "--inject", "0.1", "--drop-impls",
+            "stale"]
+    assert experiment.main(args + ["--rounds", "2", "--budget-s", "120"]) == 0
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert [(r["run"], r["tests"], r["flagged"]) for r in summary["false_alarms"]] == [(1, 1, 0), (2, 1, 1)]
+    assert summary["partial_runs"] == ["clean-2.json (1 tests)"]
+    assert (tmp_path / "clean-2.partial.json").exists() and not (tmp_path / "clean-2.json").exists()
+    assert experiment.main(args + ["--summarize"]) == 0  # read back as partial; a later run would redo it
+    assert json.loads((tmp_path / "summary.json").read_text())["partial_runs"] == ["clean-2.json (1 tests)"]
+
+
+def test_no_run_starts_too_near_the_deadline(tmp_path, monkeypatch):
+    experiment = _experiment_with_reports(tmp_path)
+    (tmp_path / "clean-2.json").unlink()
+    asked = _outliving_runs(experiment, monkeypatch, None)
+    assert experiment.main(["--out", str(tmp_path), "--baselines", str(tmp_path / "baselines"), "--inject", "0.1",
+                            "--rounds", "2", "--budget-s", str(experiment.MIN_RUN_S - 1)]) == 0
+    assert asked == []

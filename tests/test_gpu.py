@@ -126,3 +126,38 @@ def test_cuda_graph_capture_and_replay_with_new_inputs(device):
             graph.replay()
             torch.cuda.synchronize()
             check(outputs, static)
+
+
+def test_the_dependent_launch_gives_what_the_plain_launch_gives(device, monkeypatch):
+    """On Hopper and later the kernels after count_kernel are launched as its programmatic dependents: they start,
+    and permute_rows_kernel loads its tiles, before count_kernel ends. Their outputs must be the plain launch's, bit
+    for bit, eagerly and replayed from a CUDA graph: every index output whole, and the rows of the permuted states
+    and scales that routes were copied to (the padding rows are left unwritten, as vLLM's kernel leaves them)."""
+    from moeperf_kernels import _launch
+
+    if not _launch.pdl(torch.device(device)):
+        pytest.skip("no programmatic dependent launch on this GPU (before Hopper)")
+    case = Case(4096, 8, 256, 7168, "fp8", align=128, ep=(2, 1), scale="block")
+    hidden, scale, ids, _, emap = make_inputs(case, device)
+
+    def both():
+        return [*kernels.moe_permute(hidden, scale, ids, case.E, case.n_local, emap, case.align, case.fill),
+                *kernels.moe_align_block_size(ids, case.align, case.E, emap, pad_sorted_ids=True)]
+
+    def written(outputs):
+        permuted, scales, offsets, inv, *indices = outputs
+        copied = inv[inv < offsets[-1]].long()  # the rows of the local routes
+        return [permuted.view(torch.uint8)[copied], scales.view(torch.int32)[copied], offsets, inv, *indices]
+
+    dependent = written(both())
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        outputs = both()
+    graph.replay()
+    captured = written(outputs)
+    monkeypatch.setattr(_launch, "pdl", lambda _device: False)
+    plain = written(both())
+    assert 0 < len(plain[0]) < ids.numel()  # ep=(2, 1): some routes are local, not all
+    for name, a, b, c in zip(("permuted", "scale", "offsets", "inv", "m_indices", "sorted_ids", "expert_ids",
+                              "num_tokens_post_padded"), dependent, captured, plain):
+        assert torch.equal(a, c) and torch.equal(b, c), name

@@ -161,7 +161,7 @@ def test_an_ab_measurement_on_a_gpu_gives_each_side_its_samples_from_every_pair_
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a GPU")
-def test_an_injected_copy_slows_calls_by_about_its_target_in_usual_and_in_long_ab_graphs():
+def test_an_injected_spin_slows_calls_by_about_its_target_in_usual_and_in_long_ab_graphs():
     x = torch.ones(1 << 20, device="cuda")
     calls = [lambda: x.mul_(1.0)]
     usual = Timing(invocations=10, samples=30, warmup=2)

@@ -6,9 +6,9 @@ import pytest
 
 from tests.fake_gpu import FAKE_TIMER, SMALL, baseline_file
 
-# The torch implementations only: these runs are about xdist, and their subprocess sees no GPU (gpus_hidden), where
-# the Triton kernels would run under the interpreter, which Triton 3.6 cannot with NumPy >= 2.4 (a GPU machine's
-# image has both; oracle/interpreter.py).
+# The torch implementations only: these runs are about xdist, and their workers may see no GPU (gpus_hidden, or a
+# worker pinned to a GPU index the machine lacks), where the Triton kernels would run under the interpreter, which
+# Triton 3.6 cannot with NumPy >= 2.4 (a GPU machine's image has both; oracle/interpreter.py).
 TORCH_ONLY = SMALL.replace("impls: [torch, customized, standard]", "impls: [torch]")
 
 
@@ -65,7 +65,7 @@ def logged_worker_gpus(env) -> set[str]:
 def test_auto_workers_one_per_visible_gpu(env, monkeypatch):
     import pytest_moeperf.plugin as plugin
 
-    env.makefile(".yaml", small=SMALL)
+    env.makefile(".yaml", small=TORCH_ONLY)  # workers on "GPUs" 1 and 2 see none on a one-GPU machine
     monkeypatch.setattr(plugin, "visible_gpus", lambda: ["0", "1", "2"])
     env.makeconftest(WORKER_GPU_LOG)
     result = env.runpytest("--moeperf", "small.yaml", "-n", "auto", "-k", "correctness and torch")
@@ -80,7 +80,7 @@ def test_workers_sharing_a_gpu_are_told_so_and_may_not_record(env, monkeypatch):
     each worker learns how many share its GPU (recorded in the environment), and --update-baselines is refused."""
     import pytest_moeperf.plugin as plugin
 
-    env.makefile(".yaml", small=SMALL)
+    env.makefile(".yaml", small=TORCH_ONLY)
     monkeypatch.setattr(plugin, "visible_gpus", lambda: ["0", "1"])
     result = env.runpytest("--moeperf", "small.yaml", "-n", "3", "-k", "timing", "--update-baselines")
     assert result.ret == pytest.ExitCode.USAGE_ERROR

@@ -76,10 +76,12 @@ AB_INSTANCES = 10
 # AB_MOST_CALLS calls): with 160 calls it came to ~0.1% of a replay, against +-2% with 10 (pair_timing).
 AB_MIN_REPLAY_US = 250.0
 AB_MOST_CALLS = 1024
-# Pairs of graphs an injected copy is sized over (CudaTimer.slow_down) when a replay lasts AB_MIN_REPLAY_US or more:
-# there the pairs differ by ~0.1% of a replay, while sizing over AB_INSTANCES pairs (each try capturing 2 x 10 long
-# graphs) left an injected Mixtral + DeepSeek-V3 A/B run unfinished after 400 s on an H200 (201 s clean).
-SIZING_INSTANCES_LONG = 3
+# Pairs of graphs an injected spin is sized over (CudaTimer.slow_down) when a replay lasts AB_MIN_REPLAY_US or more:
+# there two graphs of the same calls differ by ~0.1% of a replay, ~2% of a 5% target, so one pair a try will do.
+# (Sizing over ten pairs of the long graphs left an injected Mixtral + DeepSeek-V3 A/B run unfinished after 400 s on
+# an H200, 201 s clean; over three, an injected Mixtral run after 431 s on an H100, 91 s clean.)
+SIZING_INSTANCES_LONG = 1
+MOST_SPIN_CYCLES = 100_000_000  # an injected spin's cap: ~50 ms at 2 GHz, past any target
 TIMING_METHOD = ("CUDA-graph replays (contract section 3), each timed between two CUDA events queued behind a GPU spin "
                  f"of {SPIN_CYCLES} cycles, so that the host's launch of the replay is not timed")
 
@@ -271,6 +273,22 @@ def copy_ceiling_gbps(device) -> float:
     return _ceiling_cache[key]
 
 
+_spin_rate_cache: dict[str, float] = {}
+
+
+def spin_cycles_per_us(device, cycles: int = 1_000_000) -> float:
+    """Clock cycles a GPU spin (torch.cuda._sleep) waits per microsecond, measured once per process and device: the
+    difference of a spin of 2 x `cycles` and one of `cycles` (launch costs cancel), best of three."""
+    key = str(torch.device(device))
+    if key not in _spin_rate_cache:
+        with torch.cuda.device(torch.device(device)):
+            _event_us(lambda: torch.cuda._sleep(cycles))  # the first launch loads the kernel
+            us = min(_event_us(lambda: torch.cuda._sleep(2 * cycles)) - _event_us(lambda: torch.cuda._sleep(cycles))
+                     for _ in range(3))
+        _spin_rate_cache[key] = cycles / us
+    return _spin_rate_cache[key]
+
+
 _matmul_cache: dict[tuple[str, str], float] = {}
 
 
@@ -335,44 +353,37 @@ class CudaTimer:
 
     @staticmethod
     def slow_down(calls, extra_us: float, device, timing: Timing) -> tuple[Callable[[list], list], dict]:
-        """A function that adds to a list of calls like these a device copy (inject.calibrate) that makes them, timed
+        """A function that adds to a list of calls like these a GPU spin (inject.calibrate) that makes them, timed
         with `timing` as the gate times them, about extra_us slower; and what it adds.
 
-        The copy is sized on `calls`, each try measured over pairs of graphs (AB_INSTANCES, or SIZING_INSTANCES_LONG
-        for replays of AB_MIN_REPLAY_US or more), and checked once more after sizing: when that check is off by more
-        than a quarter of the target (a disturbed timing), it is sized again.
+        The spin is sized on `calls`, each try measured over pairs of graphs (AB_INSTANCES, or SIZING_INSTANCES_LONG
+        for replays of AB_MIN_REPLAY_US or more); what it adds is the last try's measurement, of the spin returned.
         """
         quick = dataclasses.replace(timing, samples=min(timing.samples, 30))
         replay_us = measure(calls, quick).median * graph_calls(timing, len(calls))
         pairs = SIZING_INSTANCES_LONG if replay_us >= AB_MIN_REPLAY_US else AB_INSTANCES
-        src = torch.ones(1 << 30, dtype=torch.uint8, device=device)
-        dst = torch.empty_like(src)
 
-        def with_copy(nbytes: int, every: int) -> Callable[[list], list]:
+        def with_spin(cycles: int, every: int) -> Callable[[list], list]:
             count = itertools.count()
 
             def slowed(call):
                 def run():
                     out = call()
                     if next(count) % every == 0:
-                        dst[:nbytes].copy_(src[:nbytes])
+                        torch.cuda._sleep(cycles)
                     return out
                 return run
             return lambda cs: [slowed(c) for c in cs]
 
-        def added(nbytes: int, every: int) -> float:  # as the A/B gate pairs: the median over pairs of graphs of
-            slowed, plain = measure_instances([with_copy(nbytes, every)(calls), calls], quick, pairs)  # differences
+        def added(cycles: int, every: int) -> float:  # as the A/B gate pairs: the median over pairs of graphs of
+            slowed, plain = measure_instances([with_spin(cycles, every)(calls), calls], quick, pairs)  # differences
             return statistics.median(instance_medians([a - b for a, b in zip(slowed.samples_us, plain.samples_us)],
                                                       slowed.instances))
 
-        guess = int(extra_us * copy_ceiling_gbps(device) * 1e3 / 2)
-        for _ in range(2):
-            plan = inject.calibrate(added, extra_us, guess, graph_calls(timing, len(calls)), src.numel())
-            check = added(plan.nbytes, plan.every)
-            if abs(check - plan.added_us) <= extra_us / 4:
-                break
-        return with_copy(plan.nbytes, plan.every), {"target_us": extra_us, "extra_us": check,
-                                                    "extra_bytes": plan.nbytes, "copy_every": plan.every}
+        plan = inject.calibrate(added, extra_us, spin_cycles_per_us(device), graph_calls(timing, len(calls)),
+                                MOST_SPIN_CYCLES)
+        return with_spin(plan.cycles, plan.every), {"target_us": extra_us, "extra_us": plan.added_us,
+                                                    "spin_cycles": plan.cycles, "spin_every": plan.every}
 
     @staticmethod
     def lock():

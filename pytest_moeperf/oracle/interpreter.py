@@ -2,8 +2,8 @@
 
 Triton 3.6's interpreter turns a loop bound passed to a kernel into an int with int() of a one-element NumPy array,
 which NumPy 2.4 and newer refuse (triton-lang/triton#9171; Triton 3.9's squeezes the array first): every kernel with
-a loop over a runtime bound then fails deep inside the interpreter. A GPU image with Triton 3.6 and NumPy 2.5 has both. One tiny
-kernel tells, and the plugin says what to change instead of failing each test with that traceback.
+a loop over a runtime bound then fails deep inside the interpreter. A GPU image with Triton 3.6 and NumPy 2.5 has
+both. One tiny kernel tells, and the plugin says what to change instead of failing each test with that traceback.
 """
 from __future__ import annotations
 
