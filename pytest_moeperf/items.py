@@ -116,7 +116,10 @@ class TimingItem(_Item):
             """The input sets of one measurement: the checked `first` and the others, or (fresh) all made anew."""
             return [first if i == 0 and not fresh else self.problem(i) for i in range(input_sets)]
 
-        def calls_on(sets: list, impl=self.impl) -> list:
+        def calls_on(sets: list, impl=self.impl, fresh: bool = False) -> list:
+            """impl's calls on these input sets; fresh: with buffers of their own too (a scratch), not the kept ones."""
+            if fresh:
+                impl.renew_buffers()
             return [impl.prepare(self.op, p) for p in sets]
 
         ceiling = timer.ceiling_gbps(first.hidden.device)
@@ -131,8 +134,9 @@ class TimingItem(_Item):
                          "ratio": v.ratio, "low": v.low, "high": v.high, "graph_pairs": m.instances}
         else:
             base = run.baseline_entry(self.scenario, self.key)
-            m, v, confirmed, injected = self._measure_and_judge(timer, lambda fresh: calls_on(inputs(fresh)), base,
-                                                                threshold, first.hidden.device)
+            m, v, confirmed, injected = self._measure_and_judge(timer, lambda fresh: calls_on(inputs(fresh),
+                                                                                           fresh=fresh),
+                                                                base, threshold, first.hidden.device)
 
         gpu_health, excuses = None, []
         advisory = m.mode == "eager" and not settings.gate_eager
@@ -205,11 +209,15 @@ class TimingItem(_Item):
 
             def once(fresh: bool):
                 # Each measurement captures the sides' graphs anew several times (timer.interleave); the
-                # confirmation also gives both sides new inputs (shared by both again).
+                # confirmation also gives both sides new inputs (shared by both again) and new buffers of their own,
+                # the reference's made first this time: a side's scratch keeps its outputs at its own addresses, and
+                # in A/A runs that alone set scratch sides 2-3% apart for a whole test
+                # (benchmarks/results/2026-12-05-h100-h200.md).
                 mine, theirs = current, reference
                 if fresh:
                     sets = inputs(True)
-                    mine, theirs = calls_on(sets), calls_on(sets, ref_impl)
+                    theirs = calls_on(sets, ref_impl, fresh=True)
+                    mine = calls_on(sets, fresh=True)
                 a, b = timer.interleave([slow(mine), theirs], timing)
                 return (a, b), verdict.judge_paired(a.samples_us, b.samples_us, threshold, a.instances)
             (a, b), v, confirmed = _confirm(once)

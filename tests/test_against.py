@@ -256,3 +256,49 @@ def test_both_sides_are_timed_on_the_very_same_tensors_and_confirmed_on_new_ones
         assert current and current == reference, (n, current, reference)
     for test in range(4):  # the confirmation's inputs are new tensors
         assert sides[f"{2 * test}:0"] != sides[f"{2 * test + 1}:0"]
+
+
+SCRATCH_LOG = FAKE_TIMER + """
+import os
+from pytest_moeperf.oracle import impls as _impls
+_kept = _impls.CustomizedContract._scratch_for
+_made = []
+def _logged(self, p):  # logs each scratch made: the batch size, the side (the reference's has its own kernels)
+    scratch = _kept(self, p)
+    if not any(s is scratch for s in _made):
+        _made.append(scratch)
+        with open(os.environ["SCRATCH_LOG"], "a") as f:
+            f.write(f"M{p.M} {'current' if self.kernels is None else 'reference'}\\n")
+    return scratch
+def pytest_sessionstart(session):
+    _impls.CustomizedContract._scratch_for = _logged
+def pytest_sessionfinish(session):
+    _impls.CustomizedContract._scratch_for = _kept
+"""
+
+
+def test_a_confirmation_gives_each_side_a_new_scratch_the_references_first(env, monkeypatch):
+    """A side's scratch keeps its outputs at addresses of its own, which alone set A/A sides 2-3% apart on a GPU: the
+    confirmation of a regression makes new ones, the reference's first (the first measurement made the current
+    side's first)."""
+    shutil.copytree(REPO / "kernels", env.path / "kernels", ignore=shutil.ignore_patterns("__pycache__"))
+    repository(env.path, {"small.yaml": SMALL.replace("impls: [torch, customized, standard]",
+                                                      "impls: [customized_scratch]")})
+    env.makeconftest(SCRATCH_LOG)
+    log = env.path / "scratch.log"
+    monkeypatch.setenv("SCRATCH_LOG", str(log))
+    slower = run_timed(env, "-k", "timing", "--moeperf-against", "HEAD", factor="1.1")
+    slower.assert_outcomes(failed=2)  # permute at M = 1 and 3, each confirmed
+    assert log.read_text().split("\n") == [f"M{M} {side}" for M in (1, 3)
+                                           for side in ("current", "reference", "reference", "current")] + [""]
+
+
+def test_a_confirmation_against_a_stored_baseline_gives_a_new_scratch_too(env, monkeypatch):
+    env.makefile(".yaml", small=SMALL.replace("impls: [torch, customized, standard]", "impls: [customized_scratch]"))
+    env.makeconftest(SCRATCH_LOG)
+    log = env.path / "scratch.log"
+    monkeypatch.setenv("SCRATCH_LOG", str(log))
+    run_timed(env, "-k", "timing", "--update-baselines").assert_outcomes(passed=2)
+    log.unlink()
+    run_timed(env, "-k", "timing", factor="1.1").assert_outcomes(failed=2)
+    assert log.read_text().split("\n") == ["M1 current", "M1 current", "M3 current", "M3 current", ""]

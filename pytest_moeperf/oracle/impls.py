@@ -94,6 +94,9 @@ class Impl:
 
     align_any_order = False  # whether this align may order routes freely inside an expert
 
+    def renew_buffers(self) -> None:
+        """Calls prepared from now on use buffers of their own, not those kept from earlier calls (none here)."""
+
     def functions(self) -> list[Callable]:
         """The callables this implementation runs (what its source digest covers)."""
         raise NotImplementedError
@@ -154,6 +157,11 @@ class CustomizedContract(Impl):
                                                                                            p.hidden.device,
                                                                     p.H, p.hidden.dtype, p.align))
         return self._last_scratch[1]
+
+    def renew_buffers(self) -> None:
+        """The next call prepared gets a new MoEPermuteScratch (the calls prepared before keep theirs): a confirmation
+        measures with the outputs at other addresses, as it does with its inputs."""
+        self._last_scratch = None
 
     @property
     def aligns(self) -> bool:
