@@ -78,6 +78,24 @@ def test_a_call_takes_the_entry_of_its_own_batch_size_and_the_defaults_elsewhere
             tuning.default_config("unpermute", 4096, 1, 2, 2)
 
 
+def test_a_choice_is_remembered_until_the_files_or_the_folder_change(config_dir, tmp_path_factory):
+    name = tuning.config_name("permute", 4096, 2, torch.bfloat16, "cpu", E=8)
+    small = {"BLOCK_T": 1, "BLOCK_H": 1024, "num_warps": 2}
+    large = {"BLOCK_T": 4, "BLOCK_H": 2048, "num_warps": 8}
+    get = lambda: tuning.launch_config("permute", 1, 4096, 2, torch.bfloat16, torch.device("cpu"), E=8)  # noqa
+    write_configs(config_dir, name, {"1": small})
+    assert get() == small
+    write_configs(config_dir, name, {"1": large})
+    assert get() == small  # remembered: a call does not read the file again
+    tuning.clear_cache()  # as writing a tuned file does (pytest_moeperf/store/tuned.py)
+    assert get() == large
+    with tuning.configs_from(tmp_path_factory.mktemp("empty")):
+        assert get() == tuning.default_config("permute", 4096, 1, 2, 2)
+        with tuning.forced(small, "permute"):
+            assert get() == small
+    assert get() == large
+
+
 @pytest.mark.parametrize("content, words", [
     ("{not json", "is unreadable"),
     (json.dumps({"configs": {"x": {}}}), "is unreadable"),
