@@ -207,18 +207,25 @@ class TimingItem(_Item):
                 slow, injected = timer.slow_down(current, fraction * ref_us, device, timing)
                 injected["fraction"] = fraction
 
+            def sides_on(sets: list, k: int) -> list:
+                """Both sides' calls on these input sets with buffers of their own made anew (a scratch), the
+                current side's made first for even k, the reference's for odd k."""
+                made = {impl: calls_on(sets, impl, fresh=True) for impl in (self.impl, ref_impl)[::1 - 2 * (k % 2)]}
+                return [slow(made[self.impl]), made[ref_impl]]
+
             def once(fresh: bool):
                 # Each measurement captures the sides' graphs anew several times (timer.interleave); the
-                # confirmation also gives both sides new inputs (shared by both again) and new buffers of their own,
-                # the reference's made first this time: a side's scratch keeps its outputs at its own addresses, and
-                # in A/A runs that alone set scratch sides 2-3% apart for a whole test
-                # (benchmarks/results/2026-12-05-h100-h200.md).
-                mine, theirs = current, reference
-                if fresh:
-                    sets = inputs(True)
-                    theirs = calls_on(sets, ref_impl, fresh=True)
-                    mine = calls_on(sets, fresh=True)
-                a, b = timer.interleave([slow(mine), theirs], timing)
+                # confirmation also gives both sides new inputs (shared by both again). A side whose calls keep
+                # buffers (a scratch) keeps its outputs at addresses of its own, which alone set A/A scratch sides
+                # 2-3% apart for a whole test (benchmarks/results/2026-12-05-h100-h200.md): such calls are made
+                # anew for every pair of graphs, the sides in turns, and for the confirmation the reference's first.
+                sets = inputs(True) if fresh else first
+                mine, theirs = sides_on(sets, 1) if fresh else [slow(current), reference]
+
+                def renew(k: int) -> list:
+                    return sides_on(sets, k + fresh)
+                keeps = self.impl.keeps_buffers or ref_impl.keeps_buffers
+                a, b = timer.interleave([mine, theirs], timing, renew=renew if keeps else None)
                 return (a, b), verdict.judge_paired(a.samples_us, b.samples_us, threshold, a.instances)
             (a, b), v, confirmed = _confirm(once)
         return a, b, v, confirmed, injected

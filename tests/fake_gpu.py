@@ -30,8 +30,9 @@ class FakeTimer:
             with context():
                 out.append(self.measure(calls, cfg))
         return out
-    def interleave(self, sides, cfg):  # side 0: the current code, FAKE_FACTOR; others FAKE_REF_FACTOR; one
-                                       # graph instance
+    def interleave(self, sides, cfg, renew=None):  # side 0: the current code, FAKE_FACTOR; others
+                                                  # FAKE_REF_FACTOR; one graph instance, then the calls renew(1)
+                                                  # makes, if given, are run once
         out = []
         for i, calls in enumerate(sides):
             for c in calls:
@@ -41,6 +42,9 @@ class FakeTimer:
             extra = getattr(calls[0], "extra_us", 0.0)
             samples = [(10.0 * factor + extra) * (1 + self.rng.gauss(0, noise)) for _ in range(cfg.samples)]
             out.append(Measurement(samples, "graph", cfg.invocations, len(calls)))
+        for calls in renew(1) if renew else []:
+            for c in calls:
+                c()
         return out
     def slow_down(self, calls, extra_us, device, timing):
         def slowed(call):

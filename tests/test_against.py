@@ -221,14 +221,14 @@ def impls():
 SIDES = FAKE_TIMER + """
 _interleaves = iter(range(1000))
 _plain_interleave = FakeTimer.interleave
-def _interleave(self, sides, cfg):  # each side's calls once, their tensors logged under "interleave:side"
+def _interleave(self, sides, cfg, renew=None):  # each side's calls once, their tensors logged under "interleave:side"
     n = next(_interleaves)
     for i, calls in enumerate(sides):
         os.environ["SIDE"] = f"{n}:{i}"
         for c in calls:
             c()
     os.environ["SIDE"] = "-"
-    return _plain_interleave(self, sides, cfg)
+    return _plain_interleave(self, sides, cfg, renew)
 FakeTimer.interleave = _interleave
 """
 
@@ -277,10 +277,10 @@ def pytest_sessionfinish(session):
 """
 
 
-def test_a_confirmation_gives_each_side_a_new_scratch_the_references_first(env, monkeypatch):
-    """A side's scratch keeps its outputs at addresses of its own, which alone set A/A sides 2-3% apart on a GPU: the
-    confirmation of a regression makes new ones, the reference's first (the first measurement made the current
-    side's first)."""
+def test_each_pair_of_graphs_and_the_confirmation_give_the_sides_new_scratches_made_in_turns(env, monkeypatch):
+    """A side's scratch keeps its outputs at addresses of its own, which alone set A/A sides 2-3% apart on a GPU: every
+    pair of graphs after the first gets new ones, made in turns (the fake timer makes one more pair), and so does the
+    confirmation of a regression, the reference's first."""
     shutil.copytree(REPO / "kernels", env.path / "kernels", ignore=shutil.ignore_patterns("__pycache__"))
     repository(env.path, {"small.yaml": SMALL.replace("impls: [torch, customized, standard]",
                                                       "impls: [customized_scratch]")})
@@ -289,8 +289,9 @@ def test_a_confirmation_gives_each_side_a_new_scratch_the_references_first(env, 
     monkeypatch.setenv("SCRATCH_LOG", str(log))
     slower = run_timed(env, "-k", "timing", "--moeperf-against", "HEAD", factor="1.1")
     slower.assert_outcomes(failed=2)  # permute at M = 1 and 3, each confirmed
-    assert log.read_text().split("\n") == [f"M{M} {side}" for M in (1, 3)
-                                           for side in ("current", "reference", "reference", "current")] + [""]
+    first, then = ["current", "reference"], ["reference", "current"]
+    made = first + then + then + first  # the checks; the second pair; the confirmation; its second pair
+    assert log.read_text().split("\n") == [f"M{M} {side}" for M in (1, 3) for side in made] + [""]
 
 
 def test_a_confirmation_against_a_stored_baseline_gives_a_new_scratch_too(env, monkeypatch):

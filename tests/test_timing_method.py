@@ -3,6 +3,7 @@ ahead of the start event (measure/timing.py, TIMING_METHOD), and a baseline time
 import contextlib
 import statistics
 import time
+import weakref
 
 import pytest
 import torch
@@ -148,6 +149,37 @@ def test_an_ab_measurement_captures_its_sides_anew_for_each_instance_and_keeps_t
     assert a.samples_us == [100 * k + ord("a") for k in (1, 2, 3, 4) for _ in range(15)]
     assert b.samples_us == [100 * k + ord("b") for k in (1, 2, 3, 4) for _ in range(15)]
     assert timing.instance_medians(list(range(12)), 3) == [1.5, 5.5, 9.5]
+
+
+def test_an_ab_measurement_may_time_calls_made_anew_for_each_later_pair_of_graphs(monkeypatch):
+    """renew(k) makes the sides' calls of instance k >= 1 (new scratch buffers, say); the previous instance's calls
+    are let go first, so that what only they held is freed before the new ones are made."""
+    captures, alive = [], []
+
+    class Calls(list):  # a side's calls that can say whether they are still referenced
+        pass
+
+    def fake_capture_in_turn(sides, t):
+        captures.append([side[0] for side in sides])
+        return [timing.Captured(lambda: None, 10, 1, "graph") for _ in sides]
+
+    def fake_measure_interleaved(captured, t, min_warmup_s):
+        return [timing.Measurement([1.0] * t.samples, "graph", 10, 1) for _ in captured]
+
+    def renew(k):
+        alive.append(sum(r() is not None for r in made))  # the earlier instances' calls still referenced
+        new = [Calls([f"a{k}"]), Calls([f"b{k}"])]
+        made.extend(weakref.ref(c) for c in new)
+        return new
+
+    monkeypatch.setattr(timing, "capture_in_turn", fake_capture_in_turn)
+    monkeypatch.setattr(timing, "measure_interleaved", fake_measure_interleaved)
+    first = [Calls(["a0"]), Calls(["b0"])]
+    made = []
+    a, b = timing.measure_instances(first, Timing(samples=40), instances=4, renew=renew)
+    assert captures == [["a0", "b0"], ["b1", "a1"], ["a2", "b2"], ["b3", "a3"]]
+    assert alive == [0, 0, 0]  # renew(1) ran with only the caller's first calls alive, and so on
+    assert a.instances == b.instances == 4 and len(a.samples_us) == 40
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a GPU")

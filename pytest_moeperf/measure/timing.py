@@ -207,19 +207,24 @@ def measure_interleaved(sides: list[Captured], timing: Timing, min_warmup_s: flo
     return [Measurement(s, side.mode, side.calls, side.sets, side.note) for s, side in zip(samples, sides)]
 
 
-def measure_instances(sides: list[list[Callable[[], object]]], timing: Timing, instances: int = AB_INSTANCES
-                      ) -> list[Measurement]:
+def measure_instances(sides: list[list[Callable[[], object]]], timing: Timing, instances: int = AB_INSTANCES,
+                      renew: Callable[[int], list[list[Callable[[], object]]]] | None = None) -> list[Measurement]:
     """The sides' calls (the current implementation, the reference's) captured anew `instances` times
     (capture_in_turn; even instances in the order given, odd ones the last side first) and each instance's graphs
     replayed in turns (measure_interleaved) for samples / instances samples each (at least 5), so that what sets one
-    pair of graphs apart (AB_INSTANCES) is drawn anew for each pair. The first instance warms up as
-    measure_interleaved does, the others only `warmup` replays (the clocks are up by then). One Measurement per
+    pair of graphs apart (AB_INSTANCES) is drawn anew for each pair. With `renew`, instance k >= 1 times the calls
+    renew(k) makes instead (the sides' calls with buffers of their own made anew, say). The first instance warms up
+    as measure_interleaved does, the others only `warmup` replays (the clocks are up by then). One Measurement per
     side, in the order given: its samples are the instances' in order, sample i of each side taken back to back."""
     each = dataclasses.replace(timing, samples=max(5, -(-timing.samples // instances)))
     per_side: list[list[Measurement]] = [[] for _ in sides]
+    calls = sides
     for k in range(instances):
+        if k and renew is not None:
+            calls = None  # the previous instance's calls, and what only they hold, go first
+            calls = renew(k)
         order = list(range(len(sides)))[::1 if k % 2 == 0 else -1]
-        captured = capture_in_turn([sides[j] for j in order], each)
+        captured = capture_in_turn([calls[j] for j in order], each)
         for j, m in zip(order, measure_interleaved(captured, each, MIN_WARMUP_S if k == 0 else 0.0)):
             per_side[j].append(m)
         del captured  # the graphs and their pool go before the next instance's are made

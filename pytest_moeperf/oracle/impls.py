@@ -94,6 +94,8 @@ class Impl:
 
     align_any_order = False  # whether this align may order routes freely inside an expert
 
+    keeps_buffers = False  # whether its calls keep buffers made once for several calls (a scratch)
+
     def renew_buffers(self) -> None:
         """Calls prepared from now on use buffers of their own, not those kept from earlier calls (none here)."""
 
@@ -158,9 +160,13 @@ class CustomizedContract(Impl):
                                                                     p.H, p.hidden.dtype, p.align))
         return self._last_scratch[1]
 
+    @property
+    def keeps_buffers(self) -> bool:
+        return self.scratch
+
     def renew_buffers(self) -> None:
-        """The next call prepared gets a new MoEPermuteScratch (the calls prepared before keep theirs): a confirmation
-        measures with the outputs at other addresses, as it does with its inputs."""
+        """The next call prepared gets a new MoEPermuteScratch (the calls prepared before keep theirs): a
+        confirmation, or the next pair of A/B graphs, measures with the outputs at other addresses."""
         self._last_scratch = None
 
     @property
