@@ -134,9 +134,11 @@ class TimingItem(_Item):
                          "ratio": v.ratio, "low": v.low, "high": v.high, "graph_pairs": m.instances}
         else:
             base = run.baseline_entry(self.scenario, self.key)
-            m, v, confirmed, injected = self._measure_and_judge(timer, lambda fresh: calls_on(inputs(fresh),
-                                                                                           fresh=fresh),
-                                                                base, threshold, first.hidden.device)
+
+            def make_calls(fresh: bool) -> list:
+                return calls_on(inputs(fresh), fresh=fresh)
+            m, v, confirmed, injected = self._measure_and_judge(timer, make_calls, base, threshold,
+                                                                first.hidden.device)
 
         gpu_health, excuses = None, []
         advisory = m.mode == "eager" and not settings.gate_eager
