@@ -212,7 +212,8 @@ class TimingItem(_Item):
             def sides_on(sets: list, k: int) -> list:
                 """Both sides' calls on these input sets with buffers of their own made anew (a scratch), the
                 current side's made first for even k, the reference's for odd k."""
-                made = {impl: calls_on(sets, impl, fresh=True) for impl in (self.impl, ref_impl)[::1 - 2 * (k % 2)]}
+                order = (self.impl, ref_impl) if k % 2 == 0 else (ref_impl, self.impl)
+                made = {impl: calls_on(sets, impl, fresh=True) for impl in order}
                 return [slow(made[self.impl]), made[ref_impl]]
 
             def once(fresh: bool):
