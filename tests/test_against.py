@@ -117,7 +117,7 @@ def test_the_current_code_is_timed_against_a_revision_and_judged_on_paired_ratio
     assert r["reference"]["commit"] == commit and r["reference"]["ref"] == "HEAD"
     assert r["reference"]["low"] <= r["reference"]["ratio"] <= r["reference"]["high"]
     assert r["reference"]["graph_pairs"] == 1  # the fake timer's; the CUDA one's timing.AB_INSTANCES
-    assert r["invocations"] == 26  # calls for a 250 us replay of the fake's 10 us calls, in whole usual graphs of 2
+    assert r["invocations"] == 10  # calls for a 100 us replay of the fake's 10 us calls, in whole usual graphs of 2
     assert r["baseline_median_us"] == r["reference"]["median_us"]
     summary = (env.path / "same.md").read_text()
     assert f"judged against HEAD ({commit[:10]}) in this process" in summary

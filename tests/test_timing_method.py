@@ -1,6 +1,7 @@
 """Each timed sample holds the GPU's work only: the host's launch of the replay is kept out by a GPU spin queued
 ahead of the start event (measure/timing.py, TIMING_METHOD), and a baseline timed another way is named as such."""
 import contextlib
+import dataclasses
 import statistics
 import time
 import weakref
@@ -34,6 +35,46 @@ def test_the_spin_is_queued_before_the_start_event(monkeypatch):
     us = timing._event_us(lambda: order.append("run"), spin=lambda: order.append("spin"))
     assert [o for o in order if not o.startswith("new")] == ["spin", "start", "run", "end", "sync"]
     assert us == pytest.approx(4.0)
+
+
+def test_queued_runs_are_timed_each_between_two_events_behind_one_spin(monkeypatch):
+    order, stamps = [], iter([10.0, 10.5, 11.25, 12.0])  # ms, as the events record them
+
+    class Event:
+        def __init__(self, enable_timing):
+            self.time = None
+
+        def record(self):
+            self.time = next(stamps)
+            order.append("event")
+
+        def synchronize(self):
+            order.append("sync")
+
+        def elapsed_time(self, other):
+            return other.time - self.time
+
+    monkeypatch.setattr(torch.cuda, "Event", Event)
+    runs = [lambda name=name: order.append(name) for name in ("a", "b", "b")]
+    us = timing._queued_us(runs, spin=lambda: order.append("spin"))
+    assert order == ["spin", "event", "a", "event", "b", "event", "b", "event", "sync"]
+    assert us == pytest.approx([500.0, 750.0, 750.0])
+
+
+def test_interleaved_sides_take_turns_and_queue_only_graphs(monkeypatch):
+    timed = []
+    monkeypatch.setattr(timing, "_warm_up", lambda runs, t, min_warmup_s: None)
+    monkeypatch.setattr(timing, "_queued_us", lambda runs: [timed.append(("queued", r())) or 10.0 for r in runs])
+    monkeypatch.setattr(timing, "_event_us", lambda run: timed.append(("alone", run())) or 10.0)
+    a, b = (timing.Captured(lambda: "a", 2, 1, "graph"), timing.Captured(lambda: "b", 5, 1, "graph"))
+    ma, mb = timing.measure_interleaved([a, b], Timing(samples=3), queued=True)
+    assert timed == [("queued", s) for s in "abbaab"] and ma.samples_us == [5.0] * 3 and mb.samples_us == [2.0] * 3
+    timed.clear()
+    timing.measure_interleaved([a, dataclasses.replace(b, mode="eager")], Timing(samples=2), queued=True)
+    assert timed == [("alone", s) for s in "abba"]  # an eager side's launches are the host's: one by one
+    timed.clear()
+    timing.measure_interleaved([a, b], Timing(samples=2))
+    assert timed == [("alone", s) for s in "abba"]
 
 
 def test_the_method_covers_a_host_launch_of_tens_of_microseconds():
@@ -114,13 +155,13 @@ def test_sides_captured_in_turn_allocate_at_the_same_addresses():
 
 def test_ab_graphs_hold_calls_for_a_long_replay_in_whole_multiples_of_the_usual_graph():
     t = Timing(invocations=10, samples=60, warmup=5)
-    assert timing.pair_timing(1.6, t, 1).invocations == 160  # 156.25 calls wanted: 16 usual graphs
-    assert timing.pair_timing(25.0, t, 1).invocations == 10  # 10 calls already last 250 us
+    assert timing.pair_timing(1.6, t, 1).invocations == 70  # 62.5 calls wanted: 7 usual graphs
+    assert timing.pair_timing(25.0, t, 1).invocations == 10  # 10 calls already last 100 us or more
     assert timing.pair_timing(400.0, t, 1).invocations == 10  # never fewer than the usual graph
     assert timing.pair_timing(0.01, t, 1).invocations == timing.AB_MOST_CALLS // 10 * 10  # capped
-    cold = timing.pair_timing(1.0, t, 12)  # 12 input sets rotated: usual graph 12 calls, here 252
-    assert cold.invocations == 252 and cold.invocations % timing.graph_calls(t, 12) == 0
-    assert timing.graph_calls(cold, 12) == 252 and (cold.samples, cold.warmup) == (60, 5)
+    cold = timing.pair_timing(1.0, t, 12)  # 12 input sets rotated: usual graph 12 calls, here 108
+    assert cold.invocations == 108 and cold.invocations % timing.graph_calls(t, 12) == 0
+    assert timing.graph_calls(cold, 12) == 108 and (cold.samples, cold.warmup) == (60, 5)
     for us in (0.3, 1.7, 2.2, 3.9, 7.5, 13.0, 60.0):
         calls = timing.pair_timing(us, t, 3).invocations
         assert calls % 12 == 0 and (calls * us >= timing.AB_MIN_REPLAY_US or calls + 12 > timing.AB_MOST_CALLS)
@@ -134,8 +175,8 @@ def test_an_ab_measurement_captures_its_sides_anew_for_each_instance_and_keeps_t
         captures.append(list(sides))
         return [timing.Captured(lambda: None, 10, 1, "graph", pool=len(captures)) for _ in sides]
 
-    def fake_measure_interleaved(captured, t, min_warmup_s):
-        warmups.append(min_warmup_s)
+    def fake_measure_interleaved(captured, t, min_warmup_s, queued):
+        warmups.append((t.warmup, min_warmup_s, queued))
         k = len(captures)  # the instance: its samples say which instance and side they come from
         return [timing.Measurement([100 * k + ord(side[0]) for _ in range(t.samples)], "graph", 10, 1)
                 for side in captures[-1]]
@@ -144,7 +185,7 @@ def test_an_ab_measurement_captures_its_sides_anew_for_each_instance_and_keeps_t
     monkeypatch.setattr(timing, "measure_interleaved", fake_measure_interleaved)
     a, b = timing.measure_instances(["a", "b"], Timing(samples=60), instances=4)
     assert captures == [["a", "b"], ["b", "a"], ["a", "b"], ["b", "a"]]  # the capture order alternates
-    assert warmups == [timing.MIN_WARMUP_S, 0.0, 0.0, 0.0]
+    assert warmups == [(timing.AB_WARMUP_REPLAYS, 0.0, True)] * 4  # the caller warmed the GPU; samples queued
     assert a.instances == b.instances == 4 and len(a.samples_us) == len(b.samples_us) == 4 * 15
     assert a.samples_us == [100 * k + ord("a") for k in (1, 2, 3, 4) for _ in range(15)]
     assert b.samples_us == [100 * k + ord("b") for k in (1, 2, 3, 4) for _ in range(15)]
@@ -163,7 +204,7 @@ def test_an_ab_measurement_may_time_calls_made_anew_for_each_later_pair_of_graph
         captures.append([side[0] for side in sides])
         return [timing.Captured(lambda: None, 10, 1, "graph") for _ in sides]
 
-    def fake_measure_interleaved(captured, t, min_warmup_s):
+    def fake_measure_interleaved(captured, t, min_warmup_s, queued):
         return [timing.Measurement([1.0] * t.samples, "graph", 10, 1) for _ in captured]
 
     def renew(k):
@@ -204,3 +245,14 @@ def test_an_injected_spin_slows_calls_by_about_its_target_in_usual_and_in_long_a
                                                           a.instances))
         assert 0.65 <= added <= 1.35 and 0.75 <= info["extra_us"] <= 1.25, (t.invocations, added, info)
 
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a GPU")
+def test_queued_samples_of_long_graphs_agree_with_samples_timed_one_by_one():
+    x = torch.ones(1 << 20, device="cuda")  # 4 MiB: each call a few microseconds, a replay of 60 calls >= 100 us
+    t = Timing(invocations=60, samples=30, warmup=3)
+    sides = timing.capture_in_turn([[lambda: x.mul_(1.0)], [lambda: x.add_(0.0)]], t)
+    one_by_one = timing.measure_interleaved(sides, t)
+    queued = timing.measure_interleaved(sides, t, queued=True)
+    for alone, behind in zip(one_by_one, queued):
+        assert behind.median == pytest.approx(alone.median, rel=0.03), (alone.median, behind.median)

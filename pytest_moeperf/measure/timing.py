@@ -73,9 +73,16 @@ MIN_WARMUP_S = 0.02
 AB_INSTANCES = 10
 # That gap is about the same number of microseconds per replay whatever the graph holds (sd 0.2-0.35 us with 10, 40
 # or 160 calls of a 1.5-2 us kernel), so A/B graphs hold calls for a replay of at least AB_MIN_REPLAY_US (at most
-# AB_MOST_CALLS calls): with 160 calls it came to ~0.1% of a replay, against +-2% with 10 (pair_timing).
-AB_MIN_REPLAY_US = 250.0
+# AB_MOST_CALLS calls): with 160 calls it came to ~0.1% of a replay, against +-2% with 10 (pair_timing). Replays of
+# >= 100 us rather than 250 (20-70 calls of a kernel under 5 us): on an H100 three A/A runs of 324 Mixtral + DeepSeek-V3
+# tests flagged 0 (250 us: 1 of 324), the pairs' intervals 0.5-0.7% wide under 10 us (250 us: 0.3%), an injected +5%
+# was caught in 324 of 324, and the A/B run took 73-78 s against 114 s (benchmarks/results/2026-12-06-h100-ab-wall.md).
+AB_MIN_REPLAY_US = 100.0
 AB_MOST_CALLS = 1024
+# Replays of each side's new graphs before an A/B instance's samples: the first replay of a graph uploads it; the
+# clocks are already up (measure_instances). The usual five apiece and 20 ms in the first instance came to 100 replays
+# of long graphs or more in each A/B test, 40 now.
+AB_WARMUP_REPLAYS = 2
 # Pairs of graphs an injected spin is sized over (CudaTimer.slow_down) when a replay lasts AB_MIN_REPLAY_US or more:
 # there two graphs of the same calls differ by ~0.1% of a replay, ~2% of a 5% target, so one pair a try will do.
 # (Sizing over ten pairs of the long graphs left an injected Mixtral + DeepSeek-V3 A/B run unfinished after 400 s on
@@ -99,6 +106,20 @@ def _event_us(run: Callable[[], object], spin: Callable[[], None] = _spin) -> fl
     end.record()
     end.synchronize()
     return start.elapsed_time(end) * 1000.0
+
+
+def _queued_us(runs: list[Callable[[], object]], spin: Callable[[], None] = _spin) -> list[float]:
+    """Each run's GPU time in microseconds, the runs queued back to back behind one `spin`, an event between each
+    two: for runs long enough (A/B graphs, AB_MIN_REPLAY_US) that the host queues the next one before the GPU ends
+    the last, each sample still holds the GPU's work only (TIMING_METHOD), without a spin and a host sync apiece."""
+    events = [torch.cuda.Event(enable_timing=True) for _ in range(len(runs) + 1)]
+    spin()
+    events[0].record()
+    for run, end in zip(runs, events[1:]):
+        run()
+        end.record()
+    events[-1].synchronize()
+    return [start.elapsed_time(end) * 1000.0 for start, end in zip(events, events[1:])]
 
 
 def _warm_up(runs: list[Callable[[], object]], timing: Timing, min_warmup_s: float = MIN_WARMUP_S) -> None:
@@ -194,16 +215,21 @@ def measure(calls: list[Callable[[], object]], timing: Timing) -> Measurement:
     return Measurement(_time_replays(c.run, c.calls, timing), c.mode, c.calls, c.sets, c.note)
 
 
-def measure_interleaved(sides: list[Captured], timing: Timing, min_warmup_s: float = MIN_WARMUP_S
-                        ) -> list[Measurement]:
+def measure_interleaved(sides: list[Captured], timing: Timing, min_warmup_s: float = MIN_WARMUP_S,
+                        queued: bool = False) -> list[Measurement]:
     """Time several captured sides in turns (A B, then B A, ...), so that clock and power changes reach them alike:
-    `samples` samples each, after a shared warm-up. One Measurement per side."""
+    `samples` samples each, after a shared warm-up. One Measurement per side. `queued`: the replays of graphs that
+    each last AB_MIN_REPLAY_US or so are queued back to back (_queued_us); eager sides are timed one by one."""
     _warm_up([side.run for side in sides], timing, min_warmup_s)
+    turns = [j for i in range(timing.samples) for j in (range(len(sides)) if i % 2 == 0 else
+                                                        reversed(range(len(sides))))]
+    if queued and all(side.mode == "graph" for side in sides):
+        times = _queued_us([sides[j].run for j in turns])
+    else:
+        times = [_event_us(sides[j].run) for j in turns]
     samples: list[list[float]] = [[] for _ in sides]
-    for i in range(timing.samples):
-        order = range(len(sides)) if i % 2 == 0 else reversed(range(len(sides)))
-        for j in order:
-            samples[j].append(_event_us(sides[j].run) / sides[j].calls)
+    for j, us in zip(turns, times):
+        samples[j].append(us / sides[j].calls)
     return [Measurement(s, side.mode, side.calls, side.sets, side.note) for s, side in zip(samples, sides)]
 
 
@@ -213,10 +239,12 @@ def measure_instances(sides: list[list[Callable[[], object]]], timing: Timing, i
     (capture_in_turn; even instances in the order given, odd ones the last side first) and each instance's graphs
     replayed in turns (measure_interleaved) for samples / instances samples each (at least 5), so that what sets one
     pair of graphs apart (AB_INSTANCES) is drawn anew for each pair. With `renew`, instance k >= 1 times the calls
-    renew(k) makes instead (the sides' calls with buffers of their own made anew, say). The first instance warms up
-    as measure_interleaved does, the others only `warmup` replays (the clocks are up by then). One Measurement per
-    side, in the order given: its samples are the instances' in order, sample i of each side taken back to back."""
-    each = dataclasses.replace(timing, samples=max(5, -(-timing.samples // instances)))
+    renew(k) makes instead (the sides' calls with buffers of their own made anew, say). Each instance's graphs are
+    warmed up by AB_WARMUP_REPLAYS replays each, with no minimum time: callers time the calls just before (the
+    A/B test's probe of the reference), so the clocks are up. Samples are queued back to back (_queued_us). One
+    Measurement per side, in the order given: its samples are the instances' in order, sample i of each side taken
+    back to back."""
+    each = dataclasses.replace(timing, samples=max(5, -(-timing.samples // instances)), warmup=AB_WARMUP_REPLAYS)
     per_side: list[list[Measurement]] = [[] for _ in sides]
     calls = sides
     for k in range(instances):
@@ -225,7 +253,7 @@ def measure_instances(sides: list[list[Callable[[], object]]], timing: Timing, i
             calls = renew(k)
         order = list(range(len(sides)))[::1 if k % 2 == 0 else -1]
         captured = capture_in_turn([calls[j] for j in order], each)
-        for j, m in zip(order, measure_interleaved(captured, each, MIN_WARMUP_S if k == 0 else 0.0)):
+        for j, m in zip(order, measure_interleaved(captured, each, 0.0, queued=True)):
             per_side[j].append(m)
         del captured  # the graphs and their pool go before the next instance's are made
     return [dataclasses.replace(ms[0], samples_us=[s for m in ms for s in m.samples_us], instances=instances)
