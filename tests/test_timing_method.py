@@ -246,7 +246,6 @@ def test_an_injected_spin_slows_calls_by_about_its_target_in_usual_and_in_long_a
         assert 0.65 <= added <= 1.35 and 0.75 <= info["extra_us"] <= 1.25, (t.invocations, added, info)
 
 
-
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a GPU")
 def test_queued_samples_of_long_graphs_agree_with_samples_timed_one_by_one():
     x = torch.ones(1 << 20, device="cuda")  # 4 MiB: each call a few microseconds, a replay of 60 calls >= 100 us
