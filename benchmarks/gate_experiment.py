@@ -19,7 +19,10 @@ reads --out. GPU only, except --summarize.
 
 With --against REF every run is the in-process A/B gate (--moeperf-against REF; REF = HEAD for the A/A part): no
 baselines are read or recorded, "baseline" in the tables is the reference's median of the same run, and the offline
-re-judging against stored baselines is left out.
+re-judging against stored baselines is left out. Each round then first times the same tests plain (plain-<i>.json:
+the stored-baseline path against an empty baseline folder, so that no verdict asks for a second measurement), and the
+summary sets each round's clean A/B run's wall time against it (wall: seconds of the whole pytest process, kept in
+walls.json for the runs that finished; the first run of a fresh machine also compiles the kernels).
 """
 from __future__ import annotations
 
@@ -37,7 +40,7 @@ from tabulate import tabulate
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 from benchmarks import gate_stats
-from pytest_moeperf.store import baselines  # noqa: E402
+from pytest_moeperf.store import baselines, files  # noqa: E402
 
 DEFAULT_SCENARIOS = ("scenarios/mixtral.yaml", "scenarios/deepseek-v3.yaml")
 
@@ -105,9 +108,12 @@ def run_pytest(clock: Clock, scenarios, select: str, json_path: Path, *extra: st
             results = json.loads(partial.read_text())["results"]
             print(f"  kept the {len(results)} tests it finished in {partial.name}", flush=True)
             return results, True
-        print(f"  {' '.join(cmd[5:])}: exit {proc.returncode}, {time.time() - started:.0f} s", flush=True)
+        seconds = time.time() - started
+        print(f"  {' '.join(cmd[5:])}: exit {proc.returncode}, {seconds:.0f} s", flush=True)
         if not json_path.exists():
             sys.exit(f"no report from that run; its output ends:\n{stdout[-3000:]}\n{stderr[-2000:]}")
+        out = json_path.parent
+        files.write_json_atomic(out / WALLS, dict(walls(out), **{json_path.name: seconds}))
     partial.unlink(missing_ok=True)
     return json.loads(json_path.read_text())["results"], False
 
@@ -116,14 +122,33 @@ def round_files(i: int, fractions: list[float]) -> list[str]:
     return [f"clean-{i}.json"] + [f"inject-{f:g}-{i}.json" for f in fractions]
 
 
+WALLS = "walls.json"  # in --out: {report name: seconds its pytest process ran}, for the runs that finished
+
+
+def walls(out: Path) -> dict[str, float]:
+    path = out / WALLS
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
+def wall_ratios(seconds: dict[str, float]) -> list[dict]:
+    """Per round that has both: the plain run's wall time, the clean A/B run's, and their ratio."""
+    rows = []
+    for i in itertools.count(1):
+        plain, ab = seconds.get(f"plain-{i}.json"), seconds.get(f"clean-{i}.json")
+        if plain is None and ab is None:
+            return rows
+        if plain and ab:
+            rows.append({"round": i, "plain s": round(plain, 1), "A/B s": round(ab, 1), "A/B / plain": ab / plain})
+
+
 def baseline_lookup(root: Path):
-    files: dict[Path, dict] = {}
+    loaded: dict[Path, dict] = {}
 
     def baseline_of(result: dict) -> dict | None:
         path = baselines.path_for(root, result["gpu"], result["scenario"])
-        if path not in files:
-            files[path] = baselines.load(path)
-        return files[path].get(result["key"])
+        if path not in loaded:
+            loaded[path] = baselines.load(path)
+        return loaded[path].get(result["key"])
     return baseline_of
 
 
@@ -137,6 +162,7 @@ def summarize(out: Path, clean, injected, baseline_of, args, source: str, partia
                "ratio_spread": gate_stats.ratio_spread(clean, baseline_of) if stored else [],
                "sweep": gate_stats.sweep(clean, injected, baseline_of, floats(args.sweep_thresholds),
                                          floats(args.sweep_floors)) if stored else [],
+               "wall": wall_ratios(walls(out)) if args.against else [],
                "gpu_uuids": sorted({r["gpu_uuid"] for run in clean for r in run}),
                "scenarios": args.scenarios, "select": args.select, "dropped_impls": sorted(drop),
                "baselines": source, "partial_runs": partial}
@@ -147,7 +173,8 @@ def summarize(out: Path, clean, injected, baseline_of, args, source: str, partia
     for name, rows in (("false alarms per clean run (A/A)", summary["false_alarms"]),
                        ("detection of injected slowdowns (A/B)", summary["detection"]),
                        ("clean median / baseline median", summary["ratio_spread"]),
-                       ("re-judged offline (first measurement only) per threshold and noise floor", summary["sweep"])):
+                       ("re-judged offline (first measurement only) per threshold and noise floor", summary["sweep"]),
+                       ("wall time of the A/B run against the plain run of the same tests", summary["wall"])):
         print(f"\n{name}")
         print(tabulate(rows, headers="keys", floatfmt=".4g"), flush=True)
 
@@ -175,6 +202,7 @@ def main(argv=None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     args.select = args.select if "timing" in args.select else f"timing and ({args.select})"
     extra, folder, source = [], ROOT / "baselines", "committed"
+    plain = ["--moeperf-baselines", str(out / "no-baselines")]  # a folder with no baselines: no verdict confirms
     if args.against:
         if args.record:
             sys.exit("--against needs no baselines: leave out --record")
@@ -187,9 +215,11 @@ def main(argv=None) -> int:
     clock = Clock(args.budget_s, may_run=not args.summarize)
     clean, injected, partial = [], {f: [] for f in fractions}, []
 
-    def run(name: str, into: list, *more: str) -> None:
-        """Runs (or reads) one report into `into`; one interrupted at the deadline is counted, then ends the rounds."""
-        results, cut = run_pytest(clock, args.scenarios, args.select, out / name, *extra, *more)
+    def run(name: str, into: list, *more: str, base: list[str] | None = None) -> None:
+        """Runs (or reads) one report into `into`; one interrupted at the deadline is counted, then ends the rounds.
+        `base`: the arguments of the kind of run (default: the experiment's)."""
+        results, cut = run_pytest(clock, args.scenarios, args.select, out / name, *(extra if base is None else base),
+                                  *more)
         into.append(results)
         if cut:
             partial.append(f"{name} ({len(results)} tests)")
@@ -204,6 +234,8 @@ def main(argv=None) -> int:
             if not args.summarize:
                 print(f"round {i}", flush=True)
             names = round_files(i, fractions)
+            if args.against and not args.summarize:  # only its wall time is used (walls.json)
+                run(f"plain-{i}.json", [], base=plain)
             run(names[0], clean)
             for f, name in zip(fractions, names[1:]):  # each run counted as it comes: a cut round still counts
                 run(name, injected[f], "--moeperf-inject-slowdown", str(f))

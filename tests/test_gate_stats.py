@@ -67,13 +67,19 @@ def test_the_sweep_rejudges_with_each_threshold_and_floor():
     assert got[(0.06, 0.0)]["0.05 >= 10 us"] == 0.0 and got[(0.06, 0.0)]["false alarms"] == 0
 
 
-def _experiment_with_reports(folder: Path):
-    """benchmarks/gate_experiment.py loaded as a module, with two rounds' reports in `folder` (the second cut before
-    its injected run) and baselines for them."""
+def _experiment():
+    """benchmarks/gate_experiment.py loaded as a module."""
     script = Path(__file__).resolve().parents[1] / "benchmarks" / "gate_experiment.py"
     spec = importlib.util.spec_from_file_location("gate_experiment", script)
     experiment = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(experiment)
+    return experiment
+
+
+def _experiment_with_reports(folder: Path):
+    """benchmarks/gate_experiment.py loaded as a module, with two rounds' reports in `folder` (the second cut before
+    its injected run) and baselines for them."""
+    experiment = _experiment()
 
     def report(name, rows):
         full = [dict(result(v, m, b, key), impl=impl, gpu="G", gpu_uuid="u1") for v, m, b, key, impl in rows]
@@ -165,3 +171,42 @@ def test_no_run_starts_too_near_the_deadline(tmp_path, monkeypatch):
     assert experiment.main(["--out", str(tmp_path), "--baselines", str(tmp_path / "baselines"), "--inject", "0.1",
                             "--rounds", "2", "--budget-s", str(experiment.MIN_RUN_S - 1)]) == 0
     assert asked == []
+
+
+def test_an_ab_experiment_times_each_round_plain_too_and_sets_the_wall_times_side_by_side(tmp_path, monkeypatch):
+    """With --against each round runs the tests plain first (against a folder with no baselines, so that nothing is
+    confirmed) and then A/B; each finished run's wall time is kept in walls.json and the summary gives A/B / plain."""
+    experiment = _experiment()
+    commands, now = [], [1000.0]
+    seconds = {"plain": 40.0, "against": 70.0}
+
+    class Finishing:
+        returncode = 0
+
+        def __init__(self, cmd, **kw):
+            self.cmd = cmd
+            commands.append(cmd)
+
+        def communicate(self, timeout=None):
+            now[0] += seconds["against" if "--moeperf-against" in self.cmd else "plain"]
+            row = dict(result("pass", 2.0, 2.0, "a"), impl="mine", gpu="G", gpu_uuid="u1")
+            Path(self.cmd[self.cmd.index("--moeperf-json") + 1]).write_text(json.dumps({"results": [row]}))
+            return "", ""
+
+    monkeypatch.setattr(experiment.subprocess, "Popen", Finishing)
+    monkeypatch.setattr(experiment.time, "time", lambda: now[0])
+    args = ["--out", str(tmp_path), "--against", "HEAD", "--inject", ""]
+    assert experiment.main(args + ["--rounds", "2"]) == 0
+    plain_args = ["--moeperf-baselines", str(tmp_path / "no-baselines")]
+    assert [c[c.index("--moeperf-json") + 1].rsplit("/", 1)[1] for c in commands] == [
+        "plain-1.json", "clean-1.json", "plain-2.json", "clean-2.json"]
+    assert all(" ".join(plain_args) in " ".join(c) and "--moeperf-against" not in c for c in commands[::2])
+    assert all("--moeperf-baselines" not in c and c[-2:] == ["--moeperf-against", "HEAD"] for c in commands[1::2])
+    assert json.loads((tmp_path / "walls.json").read_text()) == {
+        "plain-1.json": 40.0, "clean-1.json": 70.0, "plain-2.json": 40.0, "clean-2.json": 70.0}
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["wall"] == [{"round": i, "plain s": 40.0, "A/B s": 70.0, "A/B / plain": 1.75} for i in (1, 2)]
+    assert [r["tests"] for r in summary["false_alarms"]] == [1, 1]  # the plain runs are not counted as A/A ones
+    commands.clear()
+    assert experiment.main(args + ["--summarize"]) == 0  # reads the reports and walls.json, runs nothing
+    assert commands == [] and json.loads((tmp_path / "summary.json").read_text())["wall"] == summary["wall"]
