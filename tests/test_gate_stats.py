@@ -1,6 +1,7 @@
 """The gate experiment's arithmetic (pytest_moeperf/gate_stats.py) on hand-made results."""
 import importlib.util
 import json
+import types
 from pathlib import Path
 
 import pytest
@@ -194,7 +195,7 @@ def test_an_ab_experiment_times_each_round_plain_too_and_sets_the_wall_times_sid
             return "", ""
 
     monkeypatch.setattr(experiment.subprocess, "Popen", Finishing)
-    monkeypatch.setattr(experiment.time, "time", lambda: now[0])
+    monkeypatch.setattr(experiment, "time", types.SimpleNamespace(time=lambda: now[0]))  # this module's clock only
     args = ["--out", str(tmp_path), "--against", "HEAD", "--inject", ""]
     assert experiment.main(args + ["--rounds", "2"]) == 0
     plain_args = ["--moeperf-baselines", str(tmp_path / "no-baselines")]

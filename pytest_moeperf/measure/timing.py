@@ -97,17 +97,6 @@ def _spin() -> None:
     torch.cuda._sleep(SPIN_CYCLES)
 
 
-def _event_us(run: Callable[[], object], spin: Callable[[], None] = _spin) -> float:
-    """One run's GPU time between two CUDA events, in microseconds, queued behind `spin` (TIMING_METHOD)."""
-    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    spin()
-    start.record()
-    run()
-    end.record()
-    end.synchronize()
-    return start.elapsed_time(end) * 1000.0
-
-
 def _queued_us(runs: list[Callable[[], object]], spin: Callable[[], None] = _spin) -> list[float]:
     """Each run's GPU time in microseconds, the runs queued back to back behind one `spin`, an event between each
     two: for runs long enough (A/B graphs, AB_MIN_REPLAY_US) that the host queues the next one before the GPU ends
@@ -120,6 +109,11 @@ def _queued_us(runs: list[Callable[[], object]], spin: Callable[[], None] = _spi
         end.record()
     events[-1].synchronize()
     return [start.elapsed_time(end) * 1000.0 for start, end in zip(events, events[1:])]
+
+
+def _event_us(run: Callable[[], object], spin: Callable[[], None] = _spin) -> float:
+    """One run's GPU time between two CUDA events, in microseconds, queued behind `spin` (TIMING_METHOD)."""
+    return _queued_us([run], spin)[0]
 
 
 def _warm_up(runs: list[Callable[[], object]], timing: Timing, min_warmup_s: float = MIN_WARMUP_S) -> None:
