@@ -176,7 +176,8 @@ def test_no_run_starts_too_near_the_deadline(tmp_path, monkeypatch):
 
 def test_an_ab_experiment_times_each_round_plain_too_and_sets_the_wall_times_side_by_side(tmp_path, monkeypatch):
     """With --against each round runs the tests plain first (against a folder with no baselines, so that nothing is
-    confirmed) and then A/B; each finished run's wall time is kept in walls.json and the summary gives A/B / plain."""
+    confirmed) and then A/B, after one plain warm-up run per call that compiles the kernels; each finished run's wall
+    time is kept in walls.json and the summary gives A/B / plain of the counted runs."""
     experiment = _experiment()
     commands, now = [], [1000.0]
     seconds = {"plain": 40.0, "against": 70.0}
@@ -200,14 +201,20 @@ def test_an_ab_experiment_times_each_round_plain_too_and_sets_the_wall_times_sid
     assert experiment.main(args + ["--rounds", "2"]) == 0
     plain_args = ["--moeperf-baselines", str(tmp_path / "no-baselines")]
     assert [c[c.index("--moeperf-json") + 1].rsplit("/", 1)[1] for c in commands] == [
-        "plain-1.json", "clean-1.json", "plain-2.json", "clean-2.json"]
-    assert all(" ".join(plain_args) in " ".join(c) and "--moeperf-against" not in c for c in commands[::2])
-    assert all("--moeperf-baselines" not in c and c[-2:] == ["--moeperf-against", "HEAD"] for c in commands[1::2])
+        "warm-up.json", "plain-1.json", "clean-1.json", "plain-2.json", "clean-2.json"]
+    plain, ab = [commands[i] for i in (0, 1, 3)], commands[2::2]
+    assert all(" ".join(plain_args) in " ".join(c) and "--moeperf-against" not in c for c in plain)
+    assert all("--moeperf-baselines" not in c and c[-2:] == ["--moeperf-against", "HEAD"] for c in ab)
     assert json.loads((tmp_path / "walls.json").read_text()) == {
-        "plain-1.json": 40.0, "clean-1.json": 70.0, "plain-2.json": 40.0, "clean-2.json": 70.0}
+        "warm-up.json": 40.0, "plain-1.json": 40.0, "clean-1.json": 70.0, "plain-2.json": 40.0, "clean-2.json": 70.0}
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary["wall"] == [{"round": i, "plain s": 40.0, "A/B s": 70.0, "A/B / plain": 1.75} for i in (1, 2)]
     assert [r["tests"] for r in summary["false_alarms"]] == [1, 1]  # the plain runs are not counted as A/A ones
     commands.clear()
     assert experiment.main(args + ["--summarize"]) == 0  # reads the reports and walls.json, runs nothing
     assert commands == [] and json.loads((tmp_path / "summary.json").read_text())["wall"] == summary["wall"]
+    assert experiment.main(args + ["--rounds", "2"]) == 0  # every report is there: nothing to warm up for
+    assert commands == []
+    assert experiment.main(args + ["--rounds", "3"]) == 0  # a third round: warm-up, then its runs only
+    assert [c[c.index("--moeperf-json") + 1].rsplit("/", 1)[1] for c in commands] == [
+        "warm-up.json", "plain-3.json", "clean-3.json"]
