@@ -124,6 +124,11 @@ def round_files(i: int, fractions: list[float]) -> list[str]:
     return [f"clean-{i}.json"] + [f"inject-{f:g}-{i}.json" for f in fractions]
 
 
+def plain_file(i: int) -> str:
+    """--against: round i's plain run, timed for its wall time only."""
+    return f"plain-{i}.json"
+
+
 WARM_UP = "warm-up.json"  # --against: a plain run before the counted ones, again by every call that makes runs
 WALLS = "walls.json"  # in --out: {report name: seconds its pytest process ran}, for the runs that finished
 
@@ -137,7 +142,7 @@ def wall_ratios(seconds: dict[str, float]) -> list[dict]:
     """Per round that has both: the plain run's wall time, the clean A/B run's, and their ratio."""
     rows = []
     for i in itertools.count(1):
-        plain, ab = seconds.get(f"plain-{i}.json"), seconds.get(f"clean-{i}.json")
+        plain, ab = seconds.get(plain_file(i)), seconds.get(round_files(i, [])[0])
         if plain is None and ab is None:
             return rows
         if plain and ab:
@@ -233,7 +238,7 @@ def main(argv=None) -> int:
         if args.record and not args.summarize:
             print("recording baselines", flush=True)
             run("record.json", [], "--update-baselines")
-        counted = [name for i in range(1, args.rounds + 1) for name in [f"plain-{i}.json", *round_files(i, fractions)]]
+        counted = [name for i in range(1, args.rounds + 1) for name in [plain_file(i), *round_files(i, fractions)]]
         if args.against and not args.summarize and not all((out / name).exists() for name in counted):
             (out / WARM_UP).unlink(missing_ok=True)  # compiles every kernel before a counted run (module docstring)
             run(WARM_UP, [], base=plain)
@@ -242,7 +247,7 @@ def main(argv=None) -> int:
                 print(f"round {i}", flush=True)
             names = round_files(i, fractions)
             if args.against and not args.summarize:  # only its wall time is used (walls.json)
-                run(f"plain-{i}.json", [], base=plain)
+                run(plain_file(i), [], base=plain)
             run(names[0], clean)
             for f, name in zip(fractions, names[1:]):  # each run counted as it comes: a cut round still counts
                 run(name, injected[f], "--moeperf-inject-slowdown", str(f))

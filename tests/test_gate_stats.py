@@ -197,11 +197,13 @@ def test_an_ab_experiment_times_each_round_plain_too_and_sets_the_wall_times_sid
 
     monkeypatch.setattr(experiment.subprocess, "Popen", Finishing)
     monkeypatch.setattr(experiment, "time", types.SimpleNamespace(time=lambda: now[0]))  # this module's clock only
+    def reports() -> list[str]:
+        return [c[c.index("--moeperf-json") + 1].rsplit("/", 1)[1] for c in commands]
+
     args = ["--out", str(tmp_path), "--against", "HEAD", "--inject", ""]
     assert experiment.main(args + ["--rounds", "2"]) == 0
     plain_args = ["--moeperf-baselines", str(tmp_path / "no-baselines")]
-    assert [c[c.index("--moeperf-json") + 1].rsplit("/", 1)[1] for c in commands] == [
-        "warm-up.json", "plain-1.json", "clean-1.json", "plain-2.json", "clean-2.json"]
+    assert reports() == ["warm-up.json", "plain-1.json", "clean-1.json", "plain-2.json", "clean-2.json"]
     plain, ab = [commands[i] for i in (0, 1, 3)], commands[2::2]
     assert all(" ".join(plain_args) in " ".join(c) and "--moeperf-against" not in c for c in plain)
     assert all("--moeperf-baselines" not in c and c[-2:] == ["--moeperf-against", "HEAD"] for c in ab)
@@ -216,5 +218,4 @@ def test_an_ab_experiment_times_each_round_plain_too_and_sets_the_wall_times_sid
     assert experiment.main(args + ["--rounds", "2"]) == 0  # every report is there: nothing to warm up for
     assert commands == []
     assert experiment.main(args + ["--rounds", "3"]) == 0  # a third round: warm-up, then its runs only
-    assert [c[c.index("--moeperf-json") + 1].rsplit("/", 1)[1] for c in commands] == [
-        "warm-up.json", "plain-3.json", "clean-3.json"]
+    assert reports() == ["warm-up.json", "plain-3.json", "clean-3.json"]
