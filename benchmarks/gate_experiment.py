@@ -6,7 +6,8 @@
         [--drop-impls NAMES] [--against REF]
 
 Without --record it judges against the committed baselines (the "fresh machine" case: run it on a GPU that did not
-record them). With --record it first records baselines into --baselines (a scratch folder, default
+record them; the live verdicts then allow the machine band, --moeperf-machine-band, while the offline sweep below
+re-judges with each threshold alone). With --record it first records baselines into --baselines (a scratch folder, default
 <out>/baselines), then judges against those (the "same machine" case). Each round runs the timing tests once clean
 and once per injected fraction (--moeperf-inject-slowdown), each run a separate pytest process, and keeps their JSON
 reports in --out; reports already there are reused, so a second call with the same --out adds rounds. With

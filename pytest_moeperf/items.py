@@ -124,7 +124,7 @@ class TimingItem(_Item):
 
         ceiling = timer.ceiling_gbps(first.hidden.device)
         threshold = self.scenario.threshold if settings.threshold_override is None else settings.threshold_override
-        reference = None
+        reference, machine_band = None, None
         if run.reference is not None:
             ref_impl = self._reference_impl(first)
             m, ref, v, confirmed, injected = self._measure_against(timer, ref_impl, inputs, calls_on, threshold,
@@ -134,10 +134,11 @@ class TimingItem(_Item):
                          "ratio": v.ratio, "low": v.low, "high": v.high, "graph_pairs": m.instances}
         else:
             base = run.baseline_entry(self.scenario, self.key)
+            machine_band = run.machine_band(self.scenario, self.key, timer.gpu_uuid()) if base else None
 
             def make_calls(fresh: bool) -> list:
                 return calls_on(inputs(fresh), fresh=fresh)
-            m, v, confirmed, injected = self._measure_and_judge(timer, make_calls, base, threshold,
+            m, v, confirmed, injected = self._measure_and_judge(timer, make_calls, base, threshold, machine_band,
                                                                 first.hidden.device)
 
         gpu_health, excuses = None, []
@@ -158,7 +159,8 @@ class TimingItem(_Item):
             routing=self.scenario.routing.label(), bytes=payload, extra_bytes=extra, gbps=gbps, ceiling_gbps=ceiling,
             ceiling_pct=100 * gbps / ceiling, threshold=threshold, outcome=outcome, verdict_detail=v.describe(),
             confirmed=confirmed, injected=injected, health=gpu_health, baseline_median_us=base and base["median_us"],
-            change_pct=None if v.ratio is None else 100 * (v.ratio - 1), reference=reference)
+            change_pct=None if v.ratio is None else 100 * (v.ratio - 1), reference=reference,
+            machine_band=machine_band)
         if self.op == "fused_experts":  # compute-bound at large batches: also against a matmul ceiling
             tflops = experts.flops(first) / m.median / 1e6
             mm = timer.matmul_ceiling_tflops(first.hidden.device, "fp8" if self.dtype == "fp8_w8a8" else "bf16")
@@ -233,9 +235,10 @@ class TimingItem(_Item):
             (a, b), v, confirmed = _confirm(once)
         return a, b, v, confirmed, injected
 
-    def _measure_and_judge(self, timer, make_calls, base, threshold, device):
+    def _measure_and_judge(self, timer, make_calls, base, threshold, machine_band, device):
         """Measure and judge against the stored baseline (make_calls(fresh): the calls on the test's inputs, or on
-        inputs made anew), a regression confirmed as _confirm says.
+        inputs made anew; machine_band: None, or the band of a baseline from another GPU), a regression confirmed as
+        _confirm says.
 
         Each measurement is repeated while its spread exceeds MAX_SPREAD (up to TRIES), keeping the tightest: a
         disturbed run must neither become a baseline nor fail a test. With --moeperf-inject-slowdown every call is
@@ -256,7 +259,7 @@ class TimingItem(_Item):
 
             def once(fresh: bool):
                 m = self._steady_measure(timer, slow(make_calls(True) if fresh else calls))
-                return m, verdict.judge(m.samples_us, baseline_samples, threshold, floor)
+                return m, verdict.judge(m.samples_us, baseline_samples, threshold, floor, machine_band)
             m, v, confirmed = _confirm(once)
         return m, v, confirmed, injected
 

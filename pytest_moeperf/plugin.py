@@ -15,6 +15,8 @@ INI = (
     ("moeperf_threshold", "allowed slowdown for every scenario, overriding theirs (e.g. 0.05)"),
     ("moeperf_noise_floor_us", "smallest slowdown in microseconds that can fail a test (default "
                                f"{settings.DEFAULT_NOISE_FLOOR_US:g})"),
+    ("moeperf_machine_band", "least slowdown allowed against a baseline timed on another GPU of the model (default "
+                             f"{settings.DEFAULT_MACHINE_BAND:g})"),
     ("moeperf_strict", "true: a timing test without a baseline for this GPU fails"),
     ("moeperf_cpu_max_batch", "largest batch size checked under the Triton interpreter on the CPU (default 64)"),
     ("moeperf_json", "write every figure and the environment to this JSON file"),
@@ -53,10 +55,14 @@ def pytest_addoption(parser):
     group.addoption("--moeperf-noise-floor-us", type=settings.NOISE_FLOOR_US, default=None, metavar="US",
                     help="smallest slowdown in microseconds that can fail a timing test (default "
                          f"{settings.DEFAULT_NOISE_FLOOR_US:g})")
+    group.addoption("--moeperf-machine-band", type=settings.MACHINE_BAND, default=None, metavar="FRACTION",
+                    help="least slowdown allowed against a baseline timed on another GPU of the same model (its "
+                         f"uuid differs): two GPUs of one model run a kernel steadily apart (default "
+                         f"{settings.DEFAULT_MACHINE_BAND:g}; 0: judge as on the recording GPU)")
     group.addoption("--moeperf-baselines", default=None, metavar="DIR", help="folder of baseline files")
     group.addoption("--moeperf-inject-slowdown", type=settings.INJECT_SLOWDOWN, default=None, metavar="FRACTION",
                     help="PROVING THE GATE ONLY: make every timed call slower by this fraction of its baseline "
-                         "median (an extra device copy after each call); results are labelled 'injected'")
+                         "median (a GPU spin added to them); results are labelled 'injected'")
     group.addoption("--moeperf-against", default=None, metavar="REF",
                     help="the pull-request gate: time each test against a reference revision of this repository "
                          "(a git revision, e.g. origin/main, or a folder with another checkout), both in this process "

@@ -83,6 +83,16 @@ class Reporter:
         return [f"baselines of {', '.join(names)} ({self.gpu_slug}) differ from this run: {what}"
                 for what, names in sorted(by_difference.items())]
 
+    def _machine_band_note(self) -> list[str]:
+        """One line when tests were judged against baselines timed on another GPU (with the machine band)."""
+        bands = sorted({r.machine_band for r in self.results if r.machine_band is not None})
+        if not bands:
+            return []
+        count = sum(r.machine_band is not None for r in self.results)
+        return [f"{count} timing test(s) judged against baselines timed on another GPU, allowing at least "
+                f"{' / '.join(f'{100 * b:g}%' for b in bands)} (--moeperf-machine-band: two GPUs of one model run a "
+                f"kernel a few percent apart); on the recording GPU the threshold applies"]
+
     def _write_tuned(self, result: dict) -> None:
         """Each winner is written as soon as its test reports, so a tuning run that is stopped keeps what it found."""
         from pytest_moeperf.store import tuned  # imports the kernels: only once they are known to be importable
@@ -106,6 +116,7 @@ class Reporter:
                                    f"replays interleaved, verdicts on the paired ratios (no stored baseline)"]
         elif self.gpu_slug in self.environments:
             self.baseline_notes = self._compare_environments(self.environments[self.gpu_slug])
+        self.baseline_notes += self._machine_band_note()
         # Reports first, each on its own: nothing measured may be lost because one write (a baseline file on a
         # read-only disk, a plot folder that is a file) failed; every failure is reported and fails the session.
         errors = []

@@ -127,6 +127,13 @@ class MoePerfRun:
     def baseline_entry(self, scenario, key: str) -> dict | None:
         return self.store.entry(scenario.name, key)
 
+    def machine_band(self, scenario, key: str, gpu_uuid: str) -> float | None:
+        """None when the scenario's baseline entry `key` was timed on this GPU, else the least slowdown allowed
+        against another GPU of the model (--moeperf-machine-band)."""
+        if baselines.timed_on(self.store.environment_of(scenario.name, key), gpu_uuid):
+            return None
+        return self.settings.machine_band
+
     def scenarios(self) -> list:
         return [scenario for scenario, _ in self.entries.values()]
 

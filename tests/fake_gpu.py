@@ -65,9 +65,10 @@ class FakeTimer:
     def environment(self):
         where = {"measured_in": os.environ.get("PYTEST_XDIST_WORKER", "controller")} \
             if os.environ.get("FAKE_ENV_WHERE") else {}
-        return dict({"device": "fake"}, **where, **json.loads(os.environ.get("FAKE_ENV", "{}")))
-    def gpu_uuid(self):
-        return "GPU-fake"
+        return dict({"device": "fake", "uuid": self.gpu_uuid()}, **where,
+                    **json.loads(os.environ.get("FAKE_ENV", "{}")))
+    def gpu_uuid(self):  # FAKE_ENV's uuid, as nvidia-smi and torch name one GPU
+        return json.loads(os.environ.get("FAKE_ENV", "{}")).get("uuid", "GPU-fake")
     @contextlib.contextmanager
     def lock(self):
         yield

@@ -17,7 +17,7 @@ def test_update_baselines_respects_k_and_merges(env):
     run_timed(env, "--update-baselines", "-k", "timing and align and M1").assert_outcomes(passed=2)
     data = json.loads(baseline_file(env).read_text())
     assert set(data["entries"]) == keys | {"align[torch-bf16-M1]", "align[standard-bf16-M1]"}
-    assert set(data["environment"]) == {"device", "sources"} and data["schema"] == 1
+    assert set(data["environment"]) == {"device", "sources", "uuid"} and data["schema"] == 1
     assert data["environment"]["device"] == "fake" and len(data["environment"]["sources"]) == 16
     entry = data["entries"]["permute[customized-bf16-M1]"]
     assert len(entry["samples_us"]) == 20 and abs(entry["median_us"] - 10) < 0.5
@@ -82,6 +82,36 @@ def impls():
     mixed.assert_outcomes(passed=2)
     mixed.stdout.fnmatch_lines(["pytest-moeperf: baselines of small (1 of its entries) (FAKE_GPU) differ from this "
                                 "run: torch 2.11.0 -> 2.13.0; kernels changed since it was recorded"])
+
+
+def test_on_another_gpu_of_the_model_the_machine_band_applies(env, monkeypatch):
+    env.makefile(".yaml", small=SMALL)
+    env.makeconftest(FAKE_TIMER)
+    monkeypatch.setenv("FAKE_NOISE", "0.002")
+    monkeypatch.setenv("FAKE_ENV", json.dumps({"uuid": "GPU-aaa"}))
+    run_timed(env, "--update-baselines", "-k", "timing and permute").assert_outcomes(passed=6)
+    # on the recording GPU: 4% allowed (the floor, 0.4 us of 10)
+    run_timed(env, "-k", "timing and permute", factor="1.05").assert_outcomes(failed=6)
+    monkeypatch.setenv("FAKE_ENV", json.dumps({"uuid": "GPU-bbb"}))
+    other = run_timed(env, "-k", "timing and permute", "--moeperf-json", "other.json", "--moeperf-markdown", "o.md",
+                      factor="1.05")
+    other.assert_outcomes(passed=6)
+    note = ("6 timing test(s) judged against baselines timed on another GPU, allowing at least 6% "
+            "(--moeperf-machine-band: two GPUs of one model run a kernel a few percent apart); on the recording GPU "
+            "the threshold applies")
+    other.stdout.fnmatch_lines([f"pytest-moeperf: {note}"])
+    assert f"- Note: {note}" in (env.path / "o.md").read_text()
+    results = json.loads((env.path / "other.json").read_text())["results"]
+    assert {r["machine_band"] for r in results} == {0.06} and {r["verdict"] for r in results} == {"pass"}
+    assert all("allowed +/-6.0%, baseline from another GPU" in r["verdict_detail"] for r in results)
+    run_timed(env, "-k", "timing and permute", factor="1.1").assert_outcomes(failed=6)  # beyond the band
+    run_timed(env, "-k", "timing and permute", "--moeperf-machine-band", "0", factor="1.05").assert_outcomes(failed=6)
+    run_timed(env, "-k", "timing and permute", "-o", "moeperf_machine_band=0.2",
+              factor="1.1").assert_outcomes(passed=6)
+    monkeypatch.setenv("FAKE_ENV", json.dumps({"uuid": "GPU-aaa"}))
+    same = run_timed(env, "-k", "timing and permute", "--moeperf-json", "same.json")
+    assert "judged against baselines timed on another GPU" not in same.stdout.str()
+    assert {r["machine_band"] for r in json.loads((env.path / "same.json").read_text())["results"]} == {None}
 
 
 def test_missing_baseline_is_new_and_fails_only_when_strict(env):

@@ -41,6 +41,28 @@ def test_the_absolute_floor_spares_microsecond_kernels_only():
     assert verdict.judge(noisy(10.0 * 1.07, seed=8), big, 0.05, floor_us=0.5).kind == "regression"
 
 
+def test_a_baseline_from_another_gpu_allows_the_machine_band():
+    base, slower = noisy(100.0, rel=0.002), noisy(104.0, rel=0.002, seed=9)  # +4%, tight: another GPU's offset
+    here = verdict.judge(slower, base, 0.02, machine_band=None)
+    assert here.kind == "regression" and not here.other_gpu and "another GPU" not in here.describe()
+    there = verdict.judge(slower, base, 0.02, machine_band=0.06)
+    assert there.kind == "pass" and there.band == 0.06 and there.other_gpu
+    assert "allowed +/-6.0%, baseline from another GPU" in there.describe()
+    assert verdict.judge(noisy(107.0, rel=0.002, seed=9), base, 0.02, machine_band=0.06).kind == "regression"
+    assert verdict.judge(noisy(94.0, rel=0.002, seed=9), base, 0.02, machine_band=0.06).kind == "pass"
+    assert verdict.judge(noisy(93.0, rel=0.002, seed=9), base, 0.02, machine_band=0.06).kind == "improved"
+    zero = verdict.judge(slower, base, 0.02, machine_band=0.0)  # 0: judged as on the recording GPU, and says so
+    assert zero.kind == "regression" and zero.band < 0.03 and "baseline from another GPU" in zero.describe()
+
+
+def test_a_baseline_is_timed_on_this_gpu_only_when_it_names_its_uuid():
+    assert baselines.timed_on({"uuid": "GPU-d8e41c01-e9f4"}, "d8e41c01-e9f4")  # nvidia-smi's name, torch's name
+    assert baselines.timed_on({"uuid": "gpu-D8E41C01-E9F4"}, "GPU-d8e41c01-e9f4")
+    assert not baselines.timed_on({"uuid": "GPU-d648a39d"}, "d8e41c01")
+    assert not baselines.timed_on({}, "d8e41c01") and not baselines.timed_on({"uuid": None}, "d8e41c01")
+    assert not baselines.timed_on({"uuid": ""}, "") and not baselines.timed_on({"uuid": "GPU-"}, "")
+
+
 def test_a_slower_median_needs_a_significant_rank_test(monkeypatch):
     base, slower = noisy(10.0), noisy(12.0, seed=6)
     assert verdict.judge(slower, base, 0.05).kind == "regression"

@@ -65,6 +65,10 @@ def test_an_unpermute_that_returns_a_correct_copy_but_never_writes_out_fails(sma
     (["--moeperf-threshold", "abc"], "argument --moeperf-threshold: must be a number, got 'abc'"),
     (["--moeperf-noise-floor-us", "-5"], "argument --moeperf-noise-floor-us: must lie in [0, 1e+06), got '-5'"),
     (["--moeperf-noise-floor-us", "nan"], "argument --moeperf-noise-floor-us: must lie in [0, 1e+06), got 'nan'"),
+    (["--moeperf-machine-band", "-0.1"], "argument --moeperf-machine-band: must lie in [0, 10), got '-0.1'"),
+    (["--moeperf-machine-band", "inf"], "argument --moeperf-machine-band: must lie in [0, 10), got 'inf'"),
+    (["-o", "moeperf_machine_band=5%"], "ini option moeperf_machine_band (-o moeperf_machine_band=...): must be a "
+                                        "number, got '5%'"),
     (["--moeperf-cpu-max-batch", "-1"], "argument --moeperf-cpu-max-batch: must be >= 1, got -1"),
     (["--moeperf-cpu-max-batch", "0"], "argument --moeperf-cpu-max-batch: must be >= 1, got 0"),
     (["--moeperf-inject-slowdown", "inf"], "argument --moeperf-inject-slowdown: must lie in (0, 10], got 'inf'"),

@@ -130,6 +130,9 @@ class TimingResult:
     tolerance: float | None = None
     # --moeperf-against: {"ref", "commit", "median_us", "ratio", "low", "high"} of the reference revision
     reference: dict | None = None
+    # the least slowdown allowed because the baseline was timed on another GPU (--moeperf-machine-band); None: on
+    # this GPU, or no stored baseline
+    machine_band: float | None = None
 
     @property
     def verdict(self) -> str:

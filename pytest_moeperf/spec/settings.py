@@ -46,6 +46,7 @@ def whole_number(low: int) -> Callable[[str], int]:
 
 THRESHOLD = number_between(0, 10)  # as the scenario key `threshold`
 NOISE_FLOOR_US = number_between(0, 1e6, low_inclusive=True)
+MACHINE_BAND = number_between(0, 10, low_inclusive=True)
 INJECT_SLOWDOWN = number_between(0, 10, high_inclusive=True)
 CPU_MAX_BATCH = whole_number(1)
 TUNE_MAX_CONFIGS = whole_number(1)
@@ -80,6 +81,13 @@ DEFAULT_CPU_MAX_BATCH = 64
 # samples, other addresses): a 0.4 us floor (4% of 10 us) keeps those from failing.
 DEFAULT_THRESHOLD = 0.02
 DEFAULT_NOISE_FLOOR_US = 0.4
+# Against a baseline timed on another GPU of the model, at least this slowdown is allowed. Measured 2026-12-06
+# (benchmarks/results/2026-12-06-h100-fresh-machine.md): all 2646 timing tests of every scenario on a second H100,
+# against baselines recorded on another H100 with the same code minutes before, ran steadily slower there (tight
+# samples, confirmed on new inputs): unpermute above 10 us by 2-3% (86 tests flagged at 2%), fused_experts by 2.3-5.5%
+# (30 flagged), 4.5% of all tests in all. A 6% band (the largest offset, 5.5%, rounded up) leaves 1 of 2646. The
+# same-GPU gate (nightly on one machine) keeps the threshold; the pull-request gate (--moeperf-against) needs neither.
+DEFAULT_MACHINE_BAND = 0.06
 
 
 @dataclasses.dataclass(frozen=True)
@@ -89,6 +97,7 @@ class Settings:
     gate_eager: bool
     threshold_override: float | None  # None: each scenario's own threshold
     noise_floor_us: float
+    machine_band: float  # the least slowdown allowed against a baseline timed on another GPU
     inject_slowdown: float | None
     tune: bool
     tune_max_configs: int | None
@@ -112,6 +121,7 @@ class Settings:
             return opt(name) or config.getini(name) or None
 
         floor = setting("moeperf_noise_floor_us", NOISE_FLOOR_US)
+        machine_band = setting("moeperf_machine_band", MACHINE_BAND)
         cpu_max_batch = setting("moeperf_cpu_max_batch", CPU_MAX_BATCH)
         root = Path(path("moeperf_baselines") or "baselines")
         s = cls(update_baselines=opt("update_baselines"),
@@ -119,6 +129,7 @@ class Settings:
                 gate_eager=opt("moeperf_gate_eager") or ini_bool(config, "moeperf_gate_eager"),
                 threshold_override=setting("moeperf_threshold", THRESHOLD),
                 noise_floor_us=DEFAULT_NOISE_FLOOR_US if floor is None else floor,
+                machine_band=DEFAULT_MACHINE_BAND if machine_band is None else machine_band,
                 inject_slowdown=opt("moeperf_inject_slowdown"), tune=opt("moeperf_tune"),
                 tune_max_configs=opt("moeperf_tune_max_configs"),
                 cpu_max_batch=DEFAULT_CPU_MAX_BATCH if cpu_max_batch is None else cpu_max_batch,

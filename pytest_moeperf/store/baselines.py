@@ -52,6 +52,14 @@ def differences(recorded: dict, current: dict, sources: str | None = None) -> li
     return out
 
 
+def timed_on(environment: dict, gpu_uuid: str) -> bool:
+    """Whether a baseline recorded in `environment` was timed on the GPU `gpu_uuid` (nvidia-smi writes "GPU-<uuid>",
+    torch "<uuid>"); a baseline that does not say where it was timed was not timed here."""
+    def bare(uuid) -> str:
+        return str(uuid or "").strip().lower().removeprefix("gpu-")
+    return bool(bare(gpu_uuid)) and bare(environment.get("uuid")) == bare(gpu_uuid)
+
+
 MIN_SAMPLES = 3  # the rank test and the noise band need a few samples
 
 
@@ -204,6 +212,12 @@ class BaselineStore:
         if scenario not in self._files:
             self._load(scenario)
         return self._files[scenario].entries.get(key)
+
+    def environment_of(self, scenario: str, key: str) -> dict:
+        """The environment the scenario's entry `key` was recorded in (the entry must exist)."""
+        if scenario not in self._files:
+            self._load(scenario)
+        return self._files[scenario].environment_of(key)
 
     def environments(self, scenario: str, keys) -> list[tuple[dict, int]]:
         """BaselineFile.environments of the scenario's file ([] when it was not read)."""
