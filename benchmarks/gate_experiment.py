@@ -7,10 +7,10 @@
 
 Without --record it judges against the committed baselines (the "fresh machine" case: run it on a GPU that did not
 record them; the live verdicts then allow the machine band, --moeperf-machine-band, while the offline sweep below
-re-judges with each threshold alone). With --record it first records baselines into --baselines (a scratch folder, default
-<out>/baselines), then judges against those (the "same machine" case). Each round runs the timing tests once clean
-and once per injected fraction (--moeperf-inject-slowdown), each run a separate pytest process, and keeps their JSON
-reports in --out; reports already there are reused, so a second call with the same --out adds rounds. With
+re-judges with each threshold alone). With --record it first records baselines into --baselines (a scratch folder,
+default <out>/baselines), then judges against those (the "same machine" case). Each round runs the timing tests once
+clean and once per injected fraction (--moeperf-inject-slowdown), each run a separate pytest process, and keeps their
+JSON reports in --out; reports already there are reused, so a second call with the same --out adds rounds. With
 --budget-s a run still going at the deadline is interrupted as Ctrl-C would and its finished tests are counted
 (<name>.partial.json; the next call runs it again in full). After each round it prints and writes (summary.json)
 the false alarms per clean run, the detection rate per injected size and kernel duration with the slowdown actually

@@ -92,8 +92,9 @@ def main(argv=None) -> int:
         raise SystemExit("a ticket counter was left non-zero: the index kernels did not reset it")
     medians = [statistics.median(s) for s in samples]
     spread = statistics.median(max(s) - min(s) for s in samples)
-    print(f"{args.shape} M = {M}, counter {args.counter}: per-call us over {args.graphs} graphs: min {min(medians):.3f} "
-          f"median {statistics.median(medians):.3f} max {max(medians):.3f}; within one graph {spread:.3f}")
+    print(f"{args.shape} M = {M}, counter {args.counter}: per-call us over {args.graphs} graphs: "
+          f"min {min(medians):.3f} median {statistics.median(medians):.3f} max {max(medians):.3f}; "
+          f"within one graph {spread:.3f}")
     print(" ".join(f"{m:.3f}" for m in medians))
     if args.against:
         by_copy = [[m for m, c in zip(medians, copy_of) if c == j] for j in (0, 1)]

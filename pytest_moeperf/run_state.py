@@ -128,9 +128,10 @@ class MoePerfRun:
         return self.store.entry(scenario.name, key)
 
     def machine_band(self, scenario, key: str, gpu_uuid: str) -> float | None:
-        """None when the scenario's baseline entry `key` was timed on this GPU, else the least slowdown allowed
-        against another GPU of the model (--moeperf-machine-band)."""
-        if baselines.timed_on(self.store.environment_of(scenario.name, key), gpu_uuid):
+        """None when the scenario's baseline entry `key` was timed on this GPU (or the band is 0: judged as if it
+        were), else the least slowdown allowed against another GPU of the model (--moeperf-machine-band)."""
+        if not self.settings.machine_band or baselines.timed_on(self.store.environment_of(scenario.name, key),
+                                                                   gpu_uuid):
             return None
         return self.settings.machine_band
 

@@ -94,7 +94,7 @@ def test_on_another_gpu_of_the_model_the_machine_band_applies(env, monkeypatch):
     run_timed(env, "-k", "timing and permute", factor="1.05").assert_outcomes(failed=6)
     monkeypatch.setenv("FAKE_ENV", json.dumps({"uuid": "GPU-bbb"}))
     other = run_timed(env, "-k", "timing and permute", "--moeperf-json", "other.json", "--moeperf-markdown", "o.md",
-                      factor="1.05")
+                      "--junitxml", "other.xml", factor="1.05")
     other.assert_outcomes(passed=6)
     note = ("6 timing test(s) judged against baselines timed on another GPU, allowing at least 6% "
             "(--moeperf-machine-band: two GPUs of one model run a kernel a few percent apart); on the recording GPU "
@@ -104,8 +104,11 @@ def test_on_another_gpu_of_the_model_the_machine_band_applies(env, monkeypatch):
     results = json.loads((env.path / "other.json").read_text())["results"]
     assert {r["machine_band"] for r in results} == {0.06} and {r["verdict"] for r in results} == {"pass"}
     assert all("allowed +/-6.0%, baseline from another GPU" in r["verdict_detail"] for r in results)
+    assert (env.path / "other.xml").read_text().count('name="moeperf_machine_band" value="0.06"') == 6
     run_timed(env, "-k", "timing and permute", factor="1.1").assert_outcomes(failed=6)  # beyond the band
-    run_timed(env, "-k", "timing and permute", "--moeperf-machine-band", "0", factor="1.05").assert_outcomes(failed=6)
+    off = run_timed(env, "-k", "timing and permute", "--moeperf-machine-band", "0", factor="1.05")
+    off.assert_outcomes(failed=6)  # 0: judged as on the recording GPU
+    assert "judged against baselines timed on another GPU" not in off.stdout.str()
     run_timed(env, "-k", "timing and permute", "-o", "moeperf_machine_band=0.2",
               factor="1.1").assert_outcomes(passed=6)
     monkeypatch.setenv("FAKE_ENV", json.dumps({"uuid": "GPU-aaa"}))

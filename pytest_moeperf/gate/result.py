@@ -83,7 +83,7 @@ def decide(kind: Kind, *, recording: bool, eager: bool, gate_eager: bool, excuse
 BASELINE_FIELDS = ("median_us", "iqr_us", "min_us", "samples_us", "gbps", "ceiling_pct", "mode", "l2", "routing",
                    "input_sets", "invocations")
 JUNIT_FIELDS = ("median_us", "iqr_us", "min_us", "gbps", "ceiling_pct", "tflops", "matmul_pct", "relative_error",
-                "baseline_median_us", "change_pct", "verdict", "mode", "gpu")
+                "baseline_median_us", "change_pct", "machine_band", "verdict", "mode", "gpu")
 
 
 @dataclasses.dataclass

@@ -6,7 +6,7 @@ A run regresses only when all of these hold:
   least an absolute floor in microseconds over the baseline median (a few-microsecond kernel differs by several
   percent between two GPUs of one model; the floor leaves kernels of >= floor/threshold microseconds untouched), and,
   when the baseline was timed on another GPU of the model, at least the machine band (two GPUs of one model run the
-  same kernel steadily apart: on two H100s, up to 3% on memory-bound ops and 5.5% on GEMMs);
+  same kernel steadily apart: on two H100s, up to 4.5% on memory-bound ops and 5.5% on the expert GEMMs);
 - a one-sided Mann-Whitney U test says its samples are larger than the baseline's with p < 0.01, so a shift of
   the median alone, without the whole distribution moving, is not enough;
 - a second measurement of the same test says the same (the caller re-measures and asks again).

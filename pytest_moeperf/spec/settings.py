@@ -84,9 +84,10 @@ DEFAULT_NOISE_FLOOR_US = 0.4
 # Against a baseline timed on another GPU of the model, at least this slowdown is allowed. Measured 2026-12-06
 # (benchmarks/results/2026-12-06-h100-fresh-machine.md): all 2646 timing tests of every scenario on a second H100,
 # against baselines recorded on another H100 with the same code minutes before, ran steadily slower there (tight
-# samples, confirmed on new inputs): unpermute above 10 us by 2-3% (86 tests flagged at 2%), fused_experts by 2.3-5.5%
-# (30 flagged), 4.5% of all tests in all. A 6% band (the largest offset, 5.5%, rounded up) leaves 1 of 2646. The
-# same-GPU gate (nightly on one machine) keeps the threshold; the pull-request gate (--moeperf-against) needs neither.
+# samples, confirmed on new inputs): unpermute above 10 us by 2-4.5% (86 tests flagged at 2%), fused_experts by
+# 2.3-5.5% (30 flagged), 4.5% of all tests in all. A 6% band (the largest offset but one, 5.5%, rounded up) leaves 1 of
+# 2646. The same-GPU gate (nightly on one machine) keeps the threshold; the pull-request gate (--moeperf-against) needs
+# neither.
 DEFAULT_MACHINE_BAND = 0.06
 
 
