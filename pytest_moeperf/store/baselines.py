@@ -208,16 +208,18 @@ class BaselineStore:
         for name in scenarios:
             self._load(name)
 
-    def entry(self, scenario: str, key: str) -> dict | None:
+    def _file(self, scenario: str) -> BaselineFile:
+        """The scenario's file, read on first use."""
         if scenario not in self._files:
             self._load(scenario)
-        return self._files[scenario].entries.get(key)
+        return self._files[scenario]
+
+    def entry(self, scenario: str, key: str) -> dict | None:
+        return self._file(scenario).entries.get(key)
 
     def environment_of(self, scenario: str, key: str) -> dict:
         """The environment the scenario's entry `key` was recorded in (the entry must exist)."""
-        if scenario not in self._files:
-            self._load(scenario)
-        return self._files[scenario].environment_of(key)
+        return self._file(scenario).environment_of(key)
 
     def environments(self, scenario: str, keys) -> list[tuple[dict, int]]:
         """BaselineFile.environments of the scenario's file ([] when it was not read)."""
