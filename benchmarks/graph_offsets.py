@@ -8,6 +8,8 @@ per-device ticket counter of kernels/_pipeline.py) and times each graph 3 x 20 r
 prints the per-call median of each graph in capture order. --counter moving gives each graph its own counter, a MiB
 apart in one zeroed buffer; same keeps one. Run it twice (same, moving) in fresh processes: if graph i is as fast in
 both, the counter's address does not matter and the graph does (benchmarks/results/2026-12-06-h100-ab-3pct.md).
+The A/B gate's offset on the count path was the counter all the same: with both loaded copies on one counter it
+went (benchmarks/results/2026-12-06-h100-ticket-bias.md).
 
 --against DIR: the kernels of the checkout in DIR are loaded beside the installed ones, as --moeperf-against loads a
 reference, each copy with its own counter; graphs alternate between the copies, pairs captured in turns (installed

@@ -75,8 +75,10 @@ def test_a_revision_is_extracted_and_its_kernels_load_beside_the_current_ones(tm
     commit = repository(src, {"README": "x"})
     rev = revision.materialise("HEAD", src, tmp_path / "ref")
     assert rev.commit == commit and rev.label == f"HEAD ({commit[:10]})" and (rev.root / "kernels").is_dir()
-    theirs = revision.import_from(rev, "kernels")
+    theirs = revision.reference_kernels(rev)
     assert theirs is not kernels and Path(theirs.__file__).parent == rev.root / "kernels"
+    # one process-wide ticket counter per device for both copies, as a process running one copy has
+    assert theirs._pipeline._tickets is kernels._pipeline._tickets and theirs._pipeline is not kernels._pipeline
     # the current package is untouched, and the reference's name is free again (its copy lives under an alias)
     assert sys.modules["moeperf_kernels"] is kernels and "kernels" not in sys.modules
     assert theirs.tuning.CONFIG_DIR == rev.root / "kernels" / "configs"  # its own tuned configs

@@ -131,6 +131,21 @@ def check_loadable_twice(fn: Callable, what: str) -> None:
                             f"instead (--update-baselines on the reference, then a plain run)")
 
 
+def reference_kernels(revision: Revision) -> ModuleType:
+    """The revision's kernels package, sharing the current one's process-wide state: count_kernel's ticket counter
+    per device (kernels/_pipeline.py `_tickets`), where the atomics of every call without a scratch go. A process
+    runs one copy of the kernels, so has one counter; two copies have two, at other addresses, and where the counter
+    lies sets a count-path align's time: on H100s the current side read 0.09 us (0.65%) a call slower than the same
+    code as the reference, in every run either way round, and not once the copies shared a counter
+    (benchmarks/results/2026-12-06-h100-ticket-bias.md). A revision without that state is left as it is."""
+    theirs = import_from(revision, "kernels")
+    mine = getattr(getattr(impls.load_kernels(), "_pipeline", None), "_tickets", None)
+    pipeline = getattr(theirs, "_pipeline", None)
+    if isinstance(mine, dict) and isinstance(getattr(pipeline, "_tickets", None), dict):
+        pipeline._tickets = mine
+    return theirs
+
+
 def reference_impls(revision: Revision, scenario, current: list, registry) -> dict:
     """{name: Impl} of the reference revision for the scenario's implementations (the torch oracle aside, which is
     the plugin's own): built-ins from the revision's kernels package, user implementations from the same provider
@@ -148,7 +163,7 @@ def reference_impls(revision: Revision, scenario, current: list, registry) -> di
             if spec.path is not None:
                 out[impl.name] = impls.build(spec, registry, import_module=lambda m: import_from(revision, m))
             elif entry.needs_kernels:  # the project's own: from the revision's kernels package
-                kernels = kernels or import_from(revision, "kernels")
+                kernels = kernels or reference_kernels(revision)
                 out[impl.name] = impls.from_entry(entry, kernels)
             else:  # registered by a third party: the same provider, as the revision's tree has it
                 out[impl.name] = impls.from_entry(entry, provider=_provider_in(revision, entry.provider))
