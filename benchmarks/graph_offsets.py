@@ -11,11 +11,12 @@ both, the counter's address does not matter and the graph does (benchmarks/resul
 The A/B gate's offset on the count path was the counter all the same: with both loaded copies on one counter it
 went (benchmarks/results/2026-12-06-h100-ticket-bias.md).
 
---against DIR: the kernels of the checkout in DIR are loaded beside the installed ones, as --moeperf-against loads a
-reference, each copy with its own counter; graphs alternate between the copies, pairs captured in turns (installed
-first in even pairs, DIR's first in odd ones; --share-pool: a pair's second graph in the first one's memory pool, as
-the A/B gate captures them). It prints the per-copy medians and the pairs' median difference: whether the installed
-copy is slower than an identical second copy with no A/B harness around them.
+--against DIR: the kernels of the checkout in DIR are loaded beside the installed ones (revision.import_from), each
+copy with its own counter, as --moeperf-against loaded a reference before it shared one (revision.reference_kernels);
+graphs alternate between the copies, pairs captured in turns (installed first in even pairs, DIR's first in odd ones;
+--share-pool: a pair's second graph in the first one's memory pool, as the A/B gate captures them). It prints the
+per-copy medians and the pairs' median difference: whether the installed copy is slower than an identical second
+copy with no A/B harness around them.
 """
 from __future__ import annotations
 
