@@ -10,11 +10,12 @@ deterministic. Two ways to get there:
   after the first program reads them), then ranks its own routes (place_routes). No other launch, no communication
   between programs; the redundant counting grows with R times the grid, so this is for R <= small_batch_routes().
 - large batches (count_kernel): each program ranks one chunk's routes among themselves and writes the chunk's
-  histogram; the last program to finish (a ticket counter) turns the histograms into per-chunk base rows. A route's
-  row is then base[chunk, bucket] + its rank (place_chunk_routes).
+  histogram; the last program to finish (a ticket counter) turns the histograms into per-chunk bases and each
+  bucket's first row. A route's row is then first[bucket] + base[chunk, bucket] + its rank (place_chunk_routes).
 
-The slots no route owns: each bucket's padding is written by the route that ends the bucket (write_padding), the
-tail [V, P) by fill_tail, spread over the programs.
+The slots no route owns: each bucket's padding is written by the route that ends the bucket (write_padding; after
+count_kernel, by the placing kernel's programs a block of buckets each, table_padding), the tail [V, P) by fill_tail,
+spread over the programs.
 
 The per-bucket counts above are as wide as the number of experts (512 columns for 256 experts), and on a small batch
 their histograms, prefix sum and gathers, not the rows, are most of a program's time. Batches of up to
@@ -27,12 +28,14 @@ import triton.language as tl
 
 @triton.jit
 def route_bucket(topk_ptr, map_ptr, r, valid, E, NB, HAS_MAP: tl.constexpr):
-    """Bucket of each route r: its (local) expert in [0, NB), or NB when the route is dropped.
+    """Bucket of each route r: its (local) expert in [0, NB), or NB when the route is dropped."""
+    return bucket_of(tl.load(topk_ptr + r, mask=valid, other=-1), map_ptr, valid, E, NB, HAS_MAP)
 
-    Ids outside [0, E) are dropped and never used as an address; with an expert map, so are experts the map gives
-    as < 0 or >= NB.
-    """
-    raw = tl.load(topk_ptr + r, mask=valid, other=-1)
+
+@triton.jit
+def bucket_of(raw, map_ptr, valid, E, NB, HAS_MAP: tl.constexpr):
+    """Bucket of routes whose topk ids are `raw` (see route_bucket). Ids outside [0, E) are dropped and never used
+    as an address; with an expert map, so are experts the map gives as < 0 or >= NB."""
     ok = valid & (raw >= 0) & (raw < E)  # in the ids' own width: an int64 id of 2**32 + 1 is no expert 1
     ids = raw.to(tl.int32)
     if HAS_MAP:
@@ -205,22 +208,36 @@ def align_index_kernel(topk_ptr, map_ptr, sorted_ptr, expert_ids_ptr, ntpp_ptr, 
 
 
 @triton.jit
-def place_chunk_routes(topk_ptr, map_ptr, base_ptr, rank_ptr, r, valid, E, NB, CHUNK, MAP_BUCKETS: tl.constexpr,
-                       W: tl.constexpr):
-    """(bucket, row) of routes r once count_kernel has run: row = base[chunk of r, bucket] + rank of r in its
-    chunk."""
+def place_chunk_routes(topk_ptr, map_ptr, base_ptr, rank_ptr, table_ptr, r, valid, E, NB, CHUNK,
+                       MAP_BUCKETS: tl.constexpr, W: tl.constexpr):
+    """(bucket, row) of routes r once count_kernel has run: row = the bucket's first row (table row 2) + the
+    routes of the bucket in the chunks before r's (base[chunk of r, bucket]) + the rank of r in its chunk. The three
+    loads are independent of each other."""
     bucket = route_bucket(topk_ptr, map_ptr, r, valid, E, NB, MAP_BUCKETS)
+    start = tl.load(table_ptr + 2 * W + bucket, mask=valid, other=0)
     base = tl.load(base_ptr + (r // CHUNK) * W + bucket, mask=valid, other=0)
-    return bucket, base + tl.load(rank_ptr + r, mask=valid, other=0)
+    return bucket, start + base + tl.load(rank_ptr + r, mask=valid, other=0)
 
 
 @triton.jit
-def table_padding(out_ptr, table_ptr, bucket, row, keep, ROUND, value, PAD_IS_VALUE: tl.constexpr,
+def table_padding(out_ptr, table_ptr, NB, ROUND, value, pid, nprog, PAD_IS_VALUE: tl.constexpr,
                   PAD_COLS: tl.constexpr, W: tl.constexpr):
-    """write_padding with each bucket's end and padding from the table count_kernel's last program wrote."""
-    end = tl.load(table_ptr + bucket, mask=keep, other=0)
-    pad = tl.load(table_ptr + W + bucket, mask=keep, other=0)
-    write_padding(out_ptr, bucket, row, keep, end, pad, ROUND, value, PAD_IS_VALUE, PAD_COLS)
+    """Every bucket's padding slots, from the table count_kernel's last program wrote (each bucket's end and
+    padding), spread over the programs pid of nprog a block of buckets at a time: `value` with PAD_IS_VALUE, else
+    the bucket (m_indices)."""
+    BB: tl.constexpr = 2048 // PAD_COLS
+    j = tl.arange(0, PAD_COLS)
+    for b0 in range(pid * BB, NB, nprog * BB):
+        bb = b0 + tl.arange(0, BB)
+        mine = bb < NB
+        end = tl.load(table_ptr + bb, mask=mine, other=0)
+        pad = tl.load(table_ptr + W + bb, mask=mine, other=0)
+        if PAD_IS_VALUE:
+            v = tl.zeros([BB, PAD_COLS], dtype=tl.int32) + value
+        else:
+            v = bb[:, None] + tl.zeros([BB, PAD_COLS], dtype=tl.int32)
+        for j0 in range(0, ROUND, PAD_COLS):
+            tl.store(out_ptr + end[:, None] + j0 + j[None, :], v, mask=mine[:, None] & (j0 + j[None, :] < pad[:, None]))
 
 
 @triton.jit
@@ -230,13 +247,15 @@ def align_place_kernel(topk_ptr, map_ptr, base_ptr, rank_ptr, table_ptr, sorted_
     """moe_align_block_size's routes after count_kernel (large batches), BLOCK routes per program."""
     if PDL:
         tl.extra.cuda.gdc_wait()
-    r = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    pid = tl.program_id(0)
+    r = pid * BLOCK + tl.arange(0, BLOCK)
     valid = r < R
-    bucket, row = place_chunk_routes(topk_ptr, map_ptr, base_ptr, rank_ptr, r, valid, E, E, CHUNK, False, W)
+    bucket, row = place_chunk_routes(topk_ptr, map_ptr, base_ptr, rank_ptr, table_ptr, r, valid, E, E, CHUNK, False,
+                                     W)
     keep = valid & (bucket < E)
     store_align_routes(sorted_ptr, expert_ids_ptr, map_ptr, r, bucket, row, keep, ROUND, MAP_EXPERT_IDS)
     if HAS_PAD:
-        table_padding(sorted_ptr, table_ptr, bucket, row, keep, ROUND, R, True, PAD_COLS, W)
+        table_padding(sorted_ptr, table_ptr, E, ROUND, R, pid, tl.num_programs(0), True, PAD_COLS, W)
 
 
 @triton.jit
@@ -247,9 +266,10 @@ def count_kernel(topk_ptr, map_ptr, hist_ptr, rank_ptr, base_ptr, table_ptr, tic
                  BLOCK_C: tl.constexpr, FILL_BLOCK: tl.constexpr, PDL: tl.constexpr):
     """The index of a large batch: program c ranks the routes of chunk c among themselves and writes the chunk's
     histogram; the program that finishes last (a ticket counter, reset to 0 when it is done) turns the histograms
-    into per-chunk base rows and a table of each bucket's end and padding, and writes the tail and the offsets
-    (permute) or num_tokens_post_padded (IS_ALIGN). A second launch places the routes (place_chunk_routes):
-    moe_permute's copy kernel, or align_place_kernel. CHUNK is a multiple of SUB.
+    into per-chunk bases (the routes of each bucket in the chunks before) and a table of each bucket's end, padding
+    and first row, and writes the tail and the offsets (permute) or num_tokens_post_padded (IS_ALIGN). A second
+    launch places the routes (place_chunk_routes): moe_permute's copy kernel, or align_place_kernel. CHUNK is a
+    multiple of SUB; BLOCK_C chunks' histograms are scanned per step.
 
     moe_align_block_size (IS_ALIGN): slot_ptr = sorted_token_ids (padding and tail R), expert_ids_ptr, head_ptr =
     num_tokens_post_padded; the buckets are the global experts. moe_permute: slot_ptr = m_indices (fill_value in the
@@ -260,33 +280,39 @@ def count_kernel(topk_ptr, map_ptr, hist_ptr, rank_ptr, base_ptr, table_ptr, tic
     c = tl.program_id(0)
     C = tl.num_programs(0)
     run = tl.zeros([W], dtype=tl.int32)
+    first = c * CHUNK + tl.arange(0, SUB)
+    raw = tl.load(topk_ptr + first, mask=first < R, other=-1)
     for s0 in range(0, CHUNK, SUB):
         r = c * CHUNK + s0 + tl.arange(0, SUB)
         valid = r < R
-        bucket = route_bucket(topk_ptr, map_ptr, r, valid, E, NB, MAP_BUCKETS)
+        # The next sub-block's ids are in flight while this one is ranked.
+        ahead = tl.load(topk_ptr + r + SUB, mask=(r + SUB < R) & (r + SUB < (c + 1) * CHUNK), other=-1)
+        bucket = bucket_of(raw, map_ptr, valid, E, NB, MAP_BUCKETS)
         rank, run = place_routes(bucket, valid, run, W, SUB)
         tl.store(rank_ptr + r, rank, mask=valid)
+        raw = ahead
     b = tl.arange(0, W)
     tl.store(hist_ptr + c * W + b, run)
     tl.debug_barrier()  # every thread's stores are issued before the ticket is taken (release below)
     ticket = tl.atomic_add(ticket_ptr, 1, sem="acq_rel")
     if ticket == C - 1:
-        total = tl.zeros([W], dtype=tl.int32)
+        # One pass over the histograms, the next block's loads in flight while this one is scanned.
+        run = tl.zeros([W], dtype=tl.int32)
+        cc = tl.arange(0, BLOCK_C)
+        h = tl.load(hist_ptr + cc[:, None] * W + b[None, :], mask=cc[:, None] < C, other=0, cache_modifier=".cg")
         for c0 in range(0, C, BLOCK_C):
             cc = c0 + tl.arange(0, BLOCK_C)
-            h = tl.load(hist_ptr + cc[:, None] * W + b[None, :], mask=cc[:, None] < C, other=0,
-                        cache_modifier=".cg")
-            total += tl.sum(h, axis=0)
-        starts, sizes, V = bucket_starts(total, NB, ROUND, W)
-        run = starts
-        for c0 in range(0, C, BLOCK_C):
-            cc = c0 + tl.arange(0, BLOCK_C)
-            m = cc[:, None] < C
-            h = tl.load(hist_ptr + cc[:, None] * W + b[None, :], mask=m, other=0, cache_modifier=".cg")
-            tl.store(base_ptr + cc[:, None] * W + b[None, :], run[None, :] + tl.cumsum(h, axis=0) - h, mask=m)
+            nc = cc + BLOCK_C
+            h_ahead = tl.load(hist_ptr + nc[:, None] * W + b[None, :], mask=nc[:, None] < C, other=0,
+                              cache_modifier=".cg")
+            tl.store(base_ptr + cc[:, None] * W + b[None, :], run[None, :] + tl.cumsum(h, axis=0) - h,
+                     mask=cc[:, None] < C)
             run += tl.sum(h, axis=0)
-        tl.store(table_ptr + b, starts + total)
-        tl.store(table_ptr + W + b, sizes - total)
+            h = h_ahead
+        starts, sizes, V = bucket_starts(run, NB, ROUND, W)
+        tl.store(table_ptr + b, starts + run)
+        tl.store(table_ptr + W + b, sizes - run)
+        tl.store(table_ptr + 2 * W + b, starts)
         fill_tail(slot_ptr, V, P, fill_value, 0, 1, FILL_BLOCK)
         if IS_ALIGN:
             finish_align(expert_ids_ptr, head_ptr, V, ROUND, num_blocks, 0, 1, FILL_BLOCK)

@@ -54,8 +54,17 @@ def count_block(num_routes: int) -> int:
 
 
 def most_chunks(width: int) -> int:
-    """At most this many chunks in count_kernel: its last program scans chunks x width histogram entries alone."""
-    return 8 if INTERPRETED else max(64, 32768 // width)
+    """At most this many chunks in count_kernel: its last program scans chunks x width histogram entries alone.
+    65536 entries: 128 chunks for 256 experts, with which an H100 ran DeepSeek-V3's permute of 16384 tokens 5% faster
+    than with 64 (each chunk's ranking is shorter; its align 36% faster), where 256 chunks ran 4096 tokens 7% slower
+    (benchmarks/results/2026-12-06-h100-count-path.md)."""
+    return 8 if INTERPRETED else max(64, 65536 // width)
+
+
+def scan_block(chunks: int, width: int) -> int:
+    """Chunks whose histograms count_kernel's last program scans per step: all of them where the tile stays within
+    4096 entries (64 under the interpreter, so that the CPU tests take several steps)."""
+    return min(next_pow2(chunks), max(1, (64 if INTERPRETED else 4096) // width))
 
 
 def count_chunk(num_routes: int, width: int) -> int:

@@ -21,7 +21,7 @@ def is_small(num_routes: int) -> bool:
 
 class CountShape:
     """count_kernel for R routes over NB buckets: its chunk size, and its buffers (per-chunk histograms and bases,
-    per-route ranks, each bucket's end and padding)."""
+    per-route ranks, each bucket's end, padding and first row)."""
 
     def __init__(self, num_routes: int, num_buckets: int):
         self.R = num_routes
@@ -38,7 +38,7 @@ class CountShape:
             "hist": torch.empty((chunks, W), dtype=torch.int32, device=device),
             "base": torch.empty((chunks, W), dtype=torch.int32, device=device),
             "rank": torch.empty(max(max_routes, 1), dtype=torch.int32, device=device),
-            "table": torch.empty((2, W), dtype=torch.int32, device=device),
+            "table": torch.empty((3, W), dtype=torch.int32, device=device),
         }
 
 
@@ -93,7 +93,7 @@ def launch_index(topk_flat: torch.Tensor, expert_map: torch.Tensor | None, num_e
         topk_flat, map_or_ids, count["hist"], count["rank"], count["base"], count["table"], count["ticket"], slots,
         expert_ids if is_align else dummy, head, R, num_experts, num_buckets, round_to, slots.numel(), fill_value,
         expert_ids.numel() if is_align else 0, shape.CHUNK, SUB=_launch.sub_block(),
-        BLOCK_C=max(1, 4096 // shape.W), num_warps=4, PDL=pdl, **meta)
+        BLOCK_C=_launch.scan_block(shape.C, shape.W), num_warps=4, PDL=pdl, **meta)
     if is_align:
         block = 64
         _index.align_place_kernel[(cdiv(R, block),)](

@@ -49,9 +49,10 @@ def permute_rows_kernel(topk_ptr, map_ptr, base_ptr, rank_ptr, table_ptr, x_ptr,
                         CHUNK, K: tl.constexpr, MAP_BUCKETS: tl.constexpr, HAS_SCALE: tl.constexpr,
                         HAS_PAD: tl.constexpr, PAD_COLS: tl.constexpr, W: tl.constexpr, BLOCK_T: tl.constexpr,
                         BLOCK_H: tl.constexpr, BLOCK_S: tl.constexpr, PDL: tl.constexpr):
-    """After count_kernel: each route's row from its chunk's base and its rank; program column 0 writes inv,
-    m_indices and the padding, every program copies its tile to the rows of its tokens' local routes. PDL: launched
-    as count_kernel's dependent, the tile is loaded while count_kernel still runs (it does not write the input)."""
+    """After count_kernel: each route's row from its bucket's first row, its chunk's base and its rank; program
+    column 0 writes inv, m_indices and a share of the buckets' padding (table_padding), every program copies its tile
+    to the rows of its tokens' local routes. PDL: launched as count_kernel's dependent, the tile is loaded while
+    count_kernel still runs (it does not write the input)."""
     pid_h = tl.program_id(1)
     t0 = tl.program_id(0) * BLOCK_T
     v, sv, tm = load_tokens(x_ptr, scale_ptr, t0, M, H, S, pid_h, stride_x, stride_s,
@@ -61,15 +62,17 @@ def permute_rows_kernel(topk_ptr, map_ptr, base_ptr, rank_ptr, table_ptr, x_ptr,
     t = t0 + tl.arange(0, BLOCK_T)
     for j in tl.static_range(K):
         r = t * K + j
-        bucket, row = place_chunk_routes(topk_ptr, map_ptr, base_ptr, rank_ptr, r, tm, E, L, CHUNK, MAP_BUCKETS, W)
+        bucket, row = place_chunk_routes(topk_ptr, map_ptr, base_ptr, rank_ptr, table_ptr, r, tm, E, L, CHUNK,
+                                         MAP_BUCKETS, W)
         local = tm & (bucket < L)
         if pid_h == 0:
             tl.store(inv_ptr + r, row, mask=tm)
             tl.store(m_idx_ptr + row, bucket, mask=local)
-            if HAS_PAD:
-                table_padding(m_idx_ptr, table_ptr, bucket, row, local, ROUND, 0, False, PAD_COLS, W)
         store_rows(out_ptr, out_scale_ptr, v, sv, row, local, H, S, pid_h, stride_out, stride_os,
                    HAS_SCALE, BLOCK_H, BLOCK_S)
+    if HAS_PAD:
+        if pid_h == 0:
+            table_padding(m_idx_ptr, table_ptr, L, ROUND, 0, tl.program_id(0), tl.num_programs(0), False, PAD_COLS, W)
 
 
 @triton.jit

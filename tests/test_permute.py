@@ -75,6 +75,20 @@ def test_every_index_path_matches_reference(case, path, device, monkeypatch):
                                  reference.moe_align_block_size(ids, block, case.E, emap), ids, block, case.E)
 
 
+@pytest.mark.parametrize("case", [Case(6, 8, 256, 64, "bf16", align=16), Case(2, 8, 512, 64, "fp16", align=5)],
+                         ids=lambda c: c.id)
+def test_count_path_pads_every_bucket_from_few_programs(case, device, monkeypatch):
+    """After count_kernel each placing program pads a block of buckets in turn (table_padding): with hundreds of
+    experts and one or two programs, every block is reached. m_indices, sorted_token_ids and expert_ids must match."""
+    monkeypatch.setattr(_launch, "small_batch_routes", lambda: 0)
+    hidden, scale, ids, _, emap = make_inputs(case, device, salt="few-programs")
+    want = reference.moe_permute(hidden, scale, ids, case.E, case.n_local, emap, case.align, case.fill)
+    compare.assert_permute_matches(run_permute(case, hidden, scale, ids, emap), want, hidden, scale, ids,
+                                   reference.local_expert_of_routes(ids, case.E, emap))
+    compare.assert_align_matches(kernels.moe_align_block_size(ids, case.align, case.E, emap),
+                                 reference.moe_align_block_size(ids, case.align, case.E, emap), ids, case.align, case.E)
+
+
 @pytest.mark.parametrize("case", CASES, ids=lambda c: c.id)
 def test_permute_then_unpermute(case, device):
     """moe_unpermute against the reference, with unowned rows poisoned, and end to end through an identity expert."""

@@ -1,0 +1,83 @@
+"""count_kernel's chunk count swept: the permute and align of some scenarios (more than 1024 routes) timed with
+_launch.most_chunks fixed to each count, outputs compared bit for bit with the default count's.
+
+    python benchmarks/chunk_sweep.py [--scenarios mixtral:bf16,deepseek-v3:fp8_w8a8] [--batch-sizes 1024,4096,16384]
+        [--chunks 64,128,256]
+
+Timed by the plugin's timer (CUDA graph of 10 calls, median of 60 replays, warm L2). Prints one line per scenario, op
+and batch size: "count:C=<chunks the call ran with>:<median us>", the default first. GPU only.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+import moeperf_kernels as kernels  # noqa: E402
+from moeperf_kernels import _launch  # noqa: E402
+from pytest_moeperf.inputs import problem  # noqa: E402
+from pytest_moeperf.measure import timing  # noqa: E402
+from pytest_moeperf.spec import scenario  # noqa: E402
+from pytest_moeperf.spec.scenario import Timing  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+TIMING = Timing(invocations=10, samples=60, warmup=5)
+
+
+def outputs(op: str, out) -> list[torch.Tensor]:
+    """What must not change with the chunk count: the index tensors, and for the permute the rows each route got."""
+    if op == "align":
+        return list(out)
+    permuted, _, offsets, inv, m_indices = out
+    rows = permuted.view(torch.uint8) if permuted.dtype.is_floating_point else permuted
+    return [offsets, inv, m_indices, rows.index_select(0, inv.long().clamp(min=0))]
+
+
+def sweep(p, op: str, counts: list[int]) -> str:
+    if op == "permute":
+        def call():
+            return kernels.moe_permute(p.hidden, p.scale, p.topk_ids, p.E, p.n_local, p.expert_map, p.align)
+    else:
+        def call():
+            return kernels.moe_align_block_size(p.topk_ids, p.block_size, p.E, p.expert_map)
+    default, want, cells = _launch.most_chunks, None, []
+    R, W = p.M * p.k, _launch.hist_width(p.E)
+    try:
+        for count in [None] + counts:
+            _launch.most_chunks = default if count is None else (lambda width, count=count: count)
+            got = outputs(op, call())
+            want = want or got
+            same = all(torch.equal(a, b) for a, b in zip(want, got))
+            us = timing.measure([call], TIMING).median
+            chunks = -(-R // _launch.count_chunk(R, W))
+            cells.append(f"{'default' if count is None else count}:C={chunks}:{us:.2f}{'' if same else ' MISMATCH'}")
+    finally:
+        _launch.most_chunks = default
+    return " | ".join(cells)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--scenarios", default="mixtral:bf16,deepseek-v3:fp8_w8a8", help="name:dtype, comma-separated")
+    ap.add_argument("--batch-sizes", default="1024,4096,16384")
+    ap.add_argument("--chunks", default="64,128,256")
+    args = ap.parse_args(argv)
+    if not torch.cuda.is_available():
+        print("chunk_sweep.py needs a CUDA GPU", file=sys.stderr)
+        return 2
+    counts = [int(c) for c in args.chunks.split(",")]
+    for item in args.scenarios.split(","):
+        name, dtype = item.split(":")
+        sc = scenario.load(ROOT / "scenarios" / f"{name}.yaml")
+        for M in (int(m) for m in args.batch_sizes.split(",")):
+            p = problem.build(sc, dtype, M, "cuda")
+            for op in ("permute", "align"):
+                print(name, dtype, op, M, sweep(p, op, counts), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
