@@ -65,14 +65,20 @@ def main(argv=None) -> int:
     ap.add_argument("--batch-sizes", default="1024,4096,16384")
     ap.add_argument("--chunks", default="64,128,256")
     args = ap.parse_args(argv)
+    try:
+        counts = [int(c) for c in args.chunks.split(",")]
+        batches = [int(m) for m in args.batch_sizes.split(",")]
+    except ValueError:
+        ap.error("--chunks and --batch-sizes take comma-separated integers")
+    items = [item.split(":") for item in args.scenarios.split(",")]
+    if any(len(item) != 2 for item in items):
+        ap.error(f"--scenarios takes name:dtype pairs, got {args.scenarios!r}")
     if not torch.cuda.is_available():
         print("chunk_sweep.py needs a CUDA GPU", file=sys.stderr)
         return 2
-    counts = [int(c) for c in args.chunks.split(",")]
-    for item in args.scenarios.split(","):
-        name, dtype = item.split(":")
+    for name, dtype in items:
         sc = scenario.load(ROOT / "scenarios" / f"{name}.yaml")
-        for M in (int(m) for m in args.batch_sizes.split(",")):
+        for M in batches:
             p = problem.build(sc, dtype, M, "cuda")
             for op in ("permute", "align"):
                 print(name, dtype, op, M, sweep(p, op, counts), flush=True)
