@@ -16,12 +16,12 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-import moeperf_kernels as kernels  # noqa: E402
 from moeperf_kernels import _launch  # noqa: E402
 from pytest_moeperf.inputs import problem  # noqa: E402
 from pytest_moeperf.measure import timing  # noqa: E402
+from pytest_moeperf.oracle import impls, registry  # noqa: E402
 from pytest_moeperf.spec import scenario  # noqa: E402
-from pytest_moeperf.spec.scenario import Timing  # noqa: E402
+from pytest_moeperf.spec.scenario import ImplSpec, Timing  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 TIMING = Timing(invocations=10, samples=60, warmup=5)
@@ -36,13 +36,12 @@ def outputs(op: str, out) -> list[torch.Tensor]:
     return [offsets, inv, m_indices, rows.index_select(0, inv.long().clamp(min=0))]
 
 
-def sweep(p, op: str, counts: list[int]) -> str:
-    if op == "permute":
-        def call():
-            return kernels.moe_permute(p.hidden, p.scale, p.topk_ids, p.E, p.n_local, p.expert_map, p.align)
-    else:
-        def call():
-            return kernels.moe_align_block_size(p.topk_ids, p.block_size, p.E, p.expert_map)
+IMPL_OF = {"permute": "customized", "align": "standard"}  # the implementations whose timing tests run these ops
+
+
+def sweep(impl, p, op: str, counts: list[int]) -> str:
+    """The call the plugin times for `impl`'s op, at each chunk count."""
+    call = impl.prepare(op, p)
     default, want, cells = _launch.most_chunks, None, []
     R, W = p.M * p.k, _launch.hist_width(p.E)
     try:
@@ -76,12 +75,13 @@ def main(argv=None) -> int:
     if not torch.cuda.is_available():
         print("chunk_sweep.py needs a CUDA GPU", file=sys.stderr)
         return 2
+    built = {op: impls.build(ImplSpec(name), registry.builtin()) for op, name in IMPL_OF.items()}
     for name, dtype in items:
         sc = scenario.load(ROOT / "scenarios" / f"{name}.yaml")
         for M in batches:
             p = problem.build(sc, dtype, M, "cuda")
-            for op in ("permute", "align"):
-                print(name, dtype, op, M, sweep(p, op, counts), flush=True)
+            for op, impl in built.items():
+                print(name, dtype, op, M, sweep(impl, p, op, counts), flush=True)
     return 0
 
 
