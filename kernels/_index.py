@@ -18,9 +18,13 @@ count_kernel, by the placing kernel's programs a block of buckets each, table_pa
 spread over the programs.
 
 The per-bucket counts above are as wide as the number of experts (512 columns for 256 experts), and on a small batch
-their histograms, prefix sum and gathers, not the rows, are most of a program's time. Batches of up to
-pair_routes() routes therefore skip them (pair_sizes, pair_rows, pair_offsets): a route's row is found by comparing
-it with every other route, so nothing is wider than the batch and the cost does not grow with the experts.
+their histograms, prefix sum and gathers, not the rows, are most of a program's time. Two ways around them:
+- without padding (moe_permute with no align_block_size) a row needs no bucket sizes: it is the number of routes in
+  lower buckets or before it in its bucket, which every program of the one-launch permute counts straight from the
+  routes for its own (direct_index), while R * R * grid_h <= direct_limit();
+- with padding, batches of up to pair_routes() routes compare every route with every other (pair_sizes, pair_rows,
+  pair_offsets).
+Either way nothing is wider than the batch and the cost does not grow with the experts.
 """
 import triton
 import triton.language as tl
@@ -117,6 +121,30 @@ def pair_offsets(offsets_ptr, bj, size, NB, pid, nprog, EB: tl.constexpr):
         e = e0 + tl.arange(0, EB)
         first = tl.sum(tl.where(bj[None, :] < e[:, None], size[None, :], 0), axis=1)
         tl.store(offsets_ptr + e, first.to(tl.int64), mask=e <= NB)
+
+
+@triton.jit
+def direct_index(topk_ptr, map_ptr, bucket, r, e, R, E, NB, HAS_MAP: tl.constexpr, CH: tl.constexpr):
+    """Without padding (ROUND = 1): (rows of routes r in `bucket`, first rows of buckets e), counted over all R
+    routes CH at a time. A route's row is the number of routes whose key (bucket * R + route) is smaller than its
+    own (the routes in lower buckets or before it in its bucket); a bucket's first row the number in lower buckets.
+    Nothing as wide as the buckets (no histogram, prefix sum or gather): the cost grows with the rows asked for
+    times R, whatever the experts. Dropped routes (bucket NB) come after every real one; slots past R count as no
+    route. Keys must fit in int32: (NB + 2) * R < 2**31."""
+    key = bucket * R + r
+    row = tl.zeros_like(r)
+    first = tl.zeros_like(e)
+    j = tl.arange(0, CH)
+    raw = tl.load(topk_ptr + j, mask=j < R, other=-1)
+    for c0 in range(0, R, CH):
+        j = c0 + tl.arange(0, CH)
+        # The next chunk's ids are in flight while this one is counted.
+        ahead = tl.load(topk_ptr + j + CH, mask=j + CH < R, other=-1)
+        bj = tl.where(j < R, bucket_of(raw, map_ptr, j < R, E, NB, HAS_MAP), NB + 1)
+        row += tl.sum(((bj * R + j)[None, :] < key[:, None]).to(tl.int32), axis=1)
+        first += tl.sum((bj[None, :] < e[:, None]).to(tl.int32), axis=1)
+        raw = ahead
+    return row, first
 
 
 @triton.jit

@@ -102,12 +102,32 @@ def pair_routes(num_buckets: int) -> int:
     return 16 if INTERPRETED else 64
 
 
+def direct_limit() -> int:
+    """The unpadded one-launch permute counts rows straight from the routes (_index.direct_index) while R * R *
+    grid_h is at most this: every program compares its routes with all R, and the grid_h programs of one token
+    block do the same count. Above it count_kernel's two launches cost less. 2**24 from an H100 A/B of both against
+    count_kernel (benchmarks/results/2026-12-06-h100-direct-index.md): faster up to it (Mixtral 2048 routes 0.68 x,
+    DeepSeek-V3 2048 routes at 4 column blocks 0.92 x), slower above (4096 routes at 2 blocks 1.18 x)."""
+    return 4096 if INTERPRETED else 1 << 24
+
+
 def small_index_meta(num_routes: int, num_buckets: int) -> dict:
     """How the one-launch kernels build the index of num_routes routes over num_buckets experts: PAIRS (compare
     the routes pairwise), RP (the routes rounded up to a power of 2), CH (routes counted per step otherwise)."""
     if num_routes <= pair_routes(num_buckets):
         return dict(PAIRS=True, RP=next_pow2(max(num_routes, 16)), CH=16)
     return dict(PAIRS=False, RP=1, CH=count_block(num_routes))
+
+
+def direct_meta(num_routes: int, num_buckets: int, block_routes: int, programs: int, warps: int) -> dict:
+    """permute_fused_kernel's meta-parameters without padding (_index.direct_index): each of the `programs`
+    programs counts the rows of its block_routes routes (SUB) and EB of the num_buckets + 1 offsets against CH
+    routes at a time (a [SUB x CH] tile of at most 32 entries a thread). The offsets are a query of their own: asked
+    in the routes' slack they would double SUB whenever block_routes is a power of 2 (an H100 ran Qwen3-235B's 1024
+    routes 1.49 x slower so)."""
+    sub = next_pow2(block_routes)
+    ch = max(16, min(next_pow2(num_routes), 32 * 32 * warps // sub))
+    return dict(DIRECT=True, EB=next_pow2(-(-(num_buckets + 1) // programs)), SUB=sub, PAIRS=False, RP=1, CH=ch)
 
 
 @functools.lru_cache(maxsize=None)

@@ -8,7 +8,7 @@ overflow. They move raw bits (the caller passes integer views), so every dtype, 
 import triton
 import triton.language as tl
 
-from ._index import (bucket_counts, bucket_starts, fill_tail, pair_offsets, pair_rows, pair_sizes,
+from ._index import (bucket_counts, bucket_starts, direct_index, fill_tail, pair_offsets, pair_rows, pair_sizes,
                             place_chunk_routes, place_routes, route_bucket, table_padding, write_padding)
 
 
@@ -81,10 +81,12 @@ def permute_fused_kernel(topk_ptr, map_ptr, x_ptr, out_ptr, inv_ptr, m_idx_ptr, 
                          K: tl.constexpr, MAP_BUCKETS: tl.constexpr, HAS_SCALE: tl.constexpr,
                          HAS_PAD: tl.constexpr, PAD_COLS: tl.constexpr, W: tl.constexpr, CH: tl.constexpr,
                          SUB: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_S: tl.constexpr,
-                         FILL_BLOCK: tl.constexpr, PAIRS: tl.constexpr, RP: tl.constexpr):
-    """moe_permute in one launch (small batches): every program builds the index of its own tokens' routes (see
-    _index.py; PAIRS: R <= RP, by pairwise comparisons), writes it from program column 0, and copies its tile; all
-    programs share the tail and the offsets, and programs past the last token only do that."""
+                         FILL_BLOCK: tl.constexpr, PAIRS: tl.constexpr, RP: tl.constexpr, DIRECT: tl.constexpr,
+                         EB: tl.constexpr):
+    """moe_permute in one launch: every program builds the index of its own tokens' routes (see _index.py; DIRECT:
+    no padding, rows counted straight from the routes; PAIRS: R <= RP, by pairwise comparisons), writes it from
+    program column 0, and copies its tile; all programs share the tail and the offsets (DIRECT: EB offsets each),
+    and programs past the last token only do that."""
     pid_t = tl.program_id(0)
     pid_h = tl.program_id(1)
     pid = pid_t * tl.num_programs(1) + pid_h
@@ -99,33 +101,44 @@ def permute_fused_kernel(topk_ptr, map_ptr, x_ptr, out_ptr, inv_ptr, m_idx_ptr, 
     r = lo + i
     valid = (i < BLOCK_T * K) & (r < R)
     bucket = route_bucket(topk_ptr, map_ptr, r, valid, E, L, MAP_BUCKETS)
-    if PAIRS:
-        bj, size, V = pair_sizes(topk_ptr, map_ptr, R, E, L, ROUND, MAP_BUCKETS, RP)
-        row, end, pad = pair_rows(bj, size, bucket, r, ROUND, RP)
+    local = valid & (bucket < L)
+    if DIRECT:
+        e = pid * EB + tl.arange(0, EB)
+        row, first = direct_index(topk_ptr, map_ptr, bucket, r, e, R, E, L, MAP_BUCKETS, CH)
+        tl.store(offsets_ptr + e, first.to(tl.int64), mask=e <= L)
+        if pid_h == 0:
+            tl.store(inv_ptr + r, row, mask=valid)
+            # Without padding the slots past the real rows are the dropped routes' own: each writes its fill.
+            tl.store(m_idx_ptr + row, tl.where(local, bucket, fill_value), mask=valid)
     else:
-        total, before = bucket_counts(topk_ptr, map_ptr, R, E, L, lo, MAP_BUCKETS, W, CH)
-        starts, sizes, V = bucket_starts(total, L, ROUND, W)
-        row, _ = place_routes(bucket, valid, starts + before, W, SUB)
-    if pid_h == 0:
-        local = valid & (bucket < L)
-        tl.store(inv_ptr + r, row, mask=valid)
-        tl.store(m_idx_ptr + row, bucket, mask=local)
-        if HAS_PAD:
-            if not PAIRS:
-                end = tl.gather(starts + total, bucket, 0)
-                pad = tl.gather(sizes - total, bucket, 0)
-            write_padding(m_idx_ptr, bucket, row, local, end, pad, ROUND, 0, False, PAD_COLS)
+        if PAIRS:
+            bj, size, V = pair_sizes(topk_ptr, map_ptr, R, E, L, ROUND, MAP_BUCKETS, RP)
+            row, end, pad = pair_rows(bj, size, bucket, r, ROUND, RP)
+        else:
+            total, before = bucket_counts(topk_ptr, map_ptr, R, E, L, lo, MAP_BUCKETS, W, CH)
+            starts, sizes, V = bucket_starts(total, L, ROUND, W)
+            row, _ = place_routes(bucket, valid, starts + before, W, SUB)
+        if pid_h == 0:
+            tl.store(inv_ptr + r, row, mask=valid)
+            tl.store(m_idx_ptr + row, bucket, mask=local)
+            if HAS_PAD:
+                if not PAIRS:
+                    end = tl.gather(starts + total, bucket, 0)
+                    pad = tl.gather(sizes - total, bucket, 0)
+                write_padding(m_idx_ptr, bucket, row, local, end, pad, ROUND, 0, False, PAD_COLS)
+    dest = tl.where(local, row, -1)  # dropped routes are not copied
     tk = tl.arange(0, BLOCK_T) * K
     for j in tl.static_range(K):
-        row_j = tl.gather(row, tk + j, 0)
-        store_rows(out_ptr, out_scale_ptr, v, sv, row_j, tm & (row_j < V), H, S, pid_h, stride_out, stride_os,
+        row_j = tl.gather(dest, tk + j, 0)
+        store_rows(out_ptr, out_scale_ptr, v, sv, row_j, tm & (row_j >= 0), H, S, pid_h, stride_out, stride_os,
                    HAS_SCALE, BLOCK_H, BLOCK_S)
-    fill_tail(m_idx_ptr, V, P, fill_value, pid, nprog, FILL_BLOCK)
-    if PAIRS:
-        pair_offsets(offsets_ptr, bj, size, L, pid, nprog, 32)
-    elif pid == 0:
-        b = tl.arange(0, W)
-        tl.store(offsets_ptr + b, starts.to(tl.int64), mask=b <= L)
+    if not DIRECT:
+        fill_tail(m_idx_ptr, V, P, fill_value, pid, nprog, FILL_BLOCK)
+        if PAIRS:
+            pair_offsets(offsets_ptr, bj, size, L, pid, nprog, 32)
+        elif pid == 0:
+            b = tl.arange(0, W)
+            tl.store(offsets_ptr + b, starts.to(tl.int64), mask=b <= L)
 
 
 @triton.jit

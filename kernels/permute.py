@@ -83,14 +83,20 @@ def moe_permute(hidden_states: torch.Tensor, a1q_scale: torch.Tensor | None, top
                      num_warps=config["num_warps"])
     index_meta = dict(K=k, MAP_BUCKETS=expert_map is not None, HAS_PAD=(A or 1) > 1,
                       PAD_COLS=_launch.pad_cols(A or 1), W=_launch.hist_width(L))
-    if is_small(R):
+    # Unpadded, rows counted straight from the routes (direct_meta) while that costs less than count_kernel.
+    direct = (A or 1) == 1 and R * R * grid_h <= _launch.direct_limit() and (L + 2) * R < 2**31
+    if direct or is_small(R):
         # Enough programs (past the last token's, some copy nothing) to share the tail.
         fillers = cdiv(_launch.fill_programs(P, hidden_states.device), grid_h)
-        _rows.permute_fused_kernel[(max(cdiv(M, block_t), fillers), grid_h)](
+        grid = (max(cdiv(M, block_t), fillers), grid_h)
+        if direct:
+            how = _launch.direct_meta(R, L, block_t * k, grid[0] * grid[1], config["num_warps"])
+        else:
+            how = dict(DIRECT=False, EB=1, SUB=_launch.next_pow2(block_t * k), **_launch.small_index_meta(R, L))
+        _rows.permute_fused_kernel[grid](
             topk_flat, map_or_ids, x_bits, out_bits, out["inv"], out["m_indices"], out["offsets"], scale_src,
             scale_dst, M, n_expert, L, A or 1, P, fill_invalid_expert, *copy_args,
-            SUB=_launch.next_pow2(block_t * k), FILL_BLOCK=_launch.fill_block(), **_launch.small_index_meta(R, L),
-            **index_meta, **copy_meta)
+            FILL_BLOCK=_launch.fill_block(), **how, **index_meta, **copy_meta)
     else:
         count, chunk = launch_index(topk_flat, expert_map, n_expert, L, A or 1, out["m_indices"],
                                     fill_invalid_expert, out["offsets"], count=out.get("count"))

@@ -73,6 +73,16 @@ def main() -> int:
         k = compile_for_hopper(kernel, pointers, constexprs, aligned=False, num_warps=4)
         found = f"griddepcontrol.{instruction}" in k.asm["ptx"]
         print(f"{kernel.fn.__name__} PDL: griddepcontrol.{instruction} {'emitted' if found else 'MISSING'}")
+    # The one-launch permute in its three ways of building the index, fp8 rows with scales over 256 experts.
+    fused = dict(K=8, MAP_BUCKETS=False, HAS_SCALE=True, PAD_COLS=64, W=512, SUB=8, BLOCK_T=1, BLOCK_H=2048,
+                 BLOCK_S=64, FILL_BLOCK=1024)
+    for how in (dict(DIRECT=True, EB=16, PAIRS=False, RP=1, CH=512, HAS_PAD=False),
+                dict(DIRECT=False, EB=1, PAIRS=True, RP=64, CH=16, HAS_PAD=True),
+                dict(DIRECT=False, EB=1, PAIRS=False, RP=1, CH=512, HAS_PAD=True)):
+        k = compile_for_hopper(_rows.permute_fused_kernel, dict(x_ptr="i8", out_ptr="i8", scale_ptr="fp32",
+                                                                out_scale_ptr="fp32", offsets_ptr="i64"),
+                               {**fused, **how}, aligned=False, num_warps=4)
+        print(f"permute_fused_kernel DIRECT={how['DIRECT']} PAIRS={how['PAIRS']}: {len(k.asm['cubin'])} bytes")
     return 0
 
 

@@ -57,14 +57,18 @@ def test_moe_permute_matches_reference(case, device):
         compare.assert_equal(f"{name}, second run", a, b)
 
 
-@pytest.mark.parametrize("path", ["pairs", "buckets", "count-kernel"])
-@pytest.mark.parametrize("case", CASES[1:12:2], ids=lambda c: c.id)
+@pytest.mark.parametrize("path", ["direct", "pairs", "buckets", "count-kernel"])
+@pytest.mark.parametrize("case", CASES[1:12:2] + CASES[13:14], ids=lambda c: c.id)
 def test_every_index_path_matches_reference(case, path, device, monkeypatch):
-    """Batch size picks how the index is built (one launch comparing routes pairwise or counting them per expert,
-    or count_kernel first); force each way on the same inputs. Pairwise is only for batches of up to 64 routes."""
+    """Batch size and padding pick how the index is built (one launch counting each route's row straight from the
+    routes when nothing is padded, comparing routes pairwise or counting them per expert, or count_kernel first);
+    force each way on the same inputs. Pairwise is only for batches of up to 64 routes; direct only unpadded."""
     if path == "pairs":
         case = dataclasses.replace(case, M=max(1, min(case.M, 64 // case.k)))
-    monkeypatch.setattr(_launch, "small_batch_routes", lambda: 0 if path == "count-kernel" else 1 << 30)
+    if path == "direct":
+        case = dataclasses.replace(case, align=None)
+    monkeypatch.setattr(_launch, "direct_limit", lambda: 1 << 60 if path == "direct" else 0)
+    monkeypatch.setattr(_launch, "small_batch_routes", lambda: 0 if path in ("count-kernel", "direct") else 1 << 30)
     monkeypatch.setattr(_launch, "pair_routes", lambda buckets: 64 if path == "pairs" else 0)
     hidden, scale, ids, _, emap = make_inputs(case, device, salt=path)
     want = reference.moe_permute(hidden, scale, ids, case.E, case.n_local, emap, case.align, case.fill)
