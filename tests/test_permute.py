@@ -79,6 +79,19 @@ def test_every_index_path_matches_reference(case, path, device, monkeypatch):
                                  reference.moe_align_block_size(ids, block, case.E, emap), ids, block, case.E)
 
 
+@pytest.mark.parametrize("routes, buckets, block_routes, programs, warps",
+                         [(2, 8, 2, 16, 4), (64, 256, 8, 32, 8), (1024, 256, 16, 128, 8), (4096, 60, 8, 512, 8),
+                          (512, 128, 8, 1, 1), (8192, 4096, 128, 3, 2)])
+def test_direct_launch_covers_every_offset_and_route(routes, buckets, block_routes, programs, warps):
+    """The direct index's launch: the programs' EB offsets each reach bucket `buckets` (the dropped routes' first
+    row), SUB holds a program's routes, and the [SUB x CH] tile stays within 32 entries a thread."""
+    how = _launch.direct_meta(routes, buckets, block_routes, programs, warps)
+    assert how["EB"] * programs >= buckets + 1
+    assert how["SUB"] >= block_routes
+    assert how["CH"] == 16 or how["SUB"] * how["CH"] <= 32 * 32 * warps
+    assert how["CH"] <= max(16, _launch.next_pow2(routes))
+
+
 @pytest.mark.parametrize("case", [Case(6, 8, 256, 64, "bf16", align=16), Case(2, 8, 512, 64, "fp16", align=5)],
                          ids=lambda c: c.id)
 def test_count_path_pads_every_bucket_from_few_programs(case, device, monkeypatch):
