@@ -9,9 +9,11 @@ deterministic. Two ways to get there:
   counts the buckets of ALL routes and of those before lo (bucket_counts: the topk ids are a few kilobytes, in L2
   after the first program reads them), then ranks its own routes (place_routes). No other launch, no communication
   between programs; the redundant counting grows with R times the grid, so this is for R <= small_batch_routes().
-- large batches (count_kernel): each program ranks one chunk's routes among themselves and writes the chunk's
-  histogram; the last program to finish (a ticket counter) turns the histograms into per-chunk bases and each
-  bucket's first row. A route's row is then first[bucket] + base[chunk, bucket] + its rank (place_chunk_routes).
+- large batches (count_kernel): each program counts one chunk's routes a sub-block at a time, writing the counts
+  before each sub-block and the chunk's histogram; the last program to finish (a ticket counter) turns the
+  histograms into per-chunk bases and each bucket's first row. A route's row is then first[bucket] + base[chunk,
+  bucket] + the routes of its bucket in the chunk's sub-blocks before its own + its rank in its sub-block
+  (chunk_rows), which the placing kernel counts from the ids while count_kernel still runs (block_rank).
 
 The slots no route owns: each bucket's padding is written by the route that ends the bucket (write_padding; after
 count_kernel, by the placing kernel's programs a block of buckets each, table_padding), the tail [V, P) by fill_tail,
@@ -236,15 +238,35 @@ def align_index_kernel(topk_ptr, map_ptr, sorted_ptr, expert_ids_ptr, ntpp_ptr, 
 
 
 @triton.jit
-def place_chunk_routes(topk_ptr, map_ptr, base_ptr, rank_ptr, table_ptr, r, valid, E, NB, CHUNK,
-                       MAP_BUCKETS: tl.constexpr, W: tl.constexpr):
-    """(bucket, row) of routes r once count_kernel has run: row = the bucket's first row (table row 2) + the
-    routes of the bucket in the chunks before r's (base[chunk of r, bucket]) + the rank of r in its chunk. The three
-    loads are independent of each other."""
-    bucket = route_bucket(topk_ptr, map_ptr, r, valid, E, NB, MAP_BUCKETS)
+def block_rank(topk_ptr, map_ptr, bucket, r, lo, hi, E, NB, HAS_MAP: tl.constexpr, SUB: tl.constexpr,
+               RC: tl.constexpr):
+    """Rank of each route r (in [lo, hi), its bucket `bucket`) in its sub-block of SUB routes (count_kernel's
+    step): the routes of the sub-block before r in the same bucket, counted from the ids of [start of lo's
+    sub-block, hi), RC at a time, the next RC in flight while these are compared. It reads only inputs, so a placing
+    kernel runs it before count_kernel ends."""
+    first = r // SUB * SUB
+    rank = tl.zeros_like(r)
+    j0 = lo // SUB * SUB
+    j = j0 + tl.arange(0, RC)
+    raw = tl.load(topk_ptr + j, mask=j < hi, other=-1)
+    for c0 in range(j0, hi, RC):
+        j = c0 + tl.arange(0, RC)
+        ahead = tl.load(topk_ptr + j + RC, mask=j + RC < hi, other=-1)
+        bj = bucket_of(raw, map_ptr, j < hi, E, NB, HAS_MAP)
+        before = (j[None, :] >= first[:, None]) & (j[None, :] < r[:, None]) & (bj[None, :] == bucket[:, None])
+        rank += tl.sum(before.to(tl.int32), axis=1)
+        raw = ahead
+    return rank
+
+
+@triton.jit
+def chunk_rows(base_ptr, sub_ptr, table_ptr, bucket, r, rank, valid, CHUNK, W: tl.constexpr, SUB: tl.constexpr):
+    """Rows of routes r in `bucket` once count_kernel has run: the bucket's first row (table row 2) + the routes of
+    the bucket in the chunks before r's (base[chunk of r, bucket]) + those in the sub-blocks of its chunk before its
+    own (sub[sub-block of r, bucket]) + its rank in its sub-block (block_rank). The three loads are independent."""
     start = tl.load(table_ptr + 2 * W + bucket, mask=valid, other=0)
     base = tl.load(base_ptr + (r // CHUNK) * W + bucket, mask=valid, other=0)
-    return bucket, start + base + tl.load(rank_ptr + r, mask=valid, other=0)
+    return start + base + tl.load(sub_ptr + (r // SUB) * W + bucket, mask=valid, other=0) + rank
 
 
 @triton.jit
@@ -269,17 +291,21 @@ def table_padding(out_ptr, table_ptr, NB, ROUND, value, pid, nprog, PAD_IS_VALUE
 
 
 @triton.jit
-def align_place_kernel(topk_ptr, map_ptr, base_ptr, rank_ptr, table_ptr, sorted_ptr, expert_ids_ptr, R, E, ROUND,
+def align_place_kernel(topk_ptr, map_ptr, base_ptr, sub_ptr, table_ptr, sorted_ptr, expert_ids_ptr, R, E, ROUND,
                        CHUNK, MAP_EXPERT_IDS: tl.constexpr, HAS_PAD: tl.constexpr, PAD_COLS: tl.constexpr,
-                       W: tl.constexpr, BLOCK: tl.constexpr, PDL: tl.constexpr):
-    """moe_align_block_size's routes after count_kernel (large batches), BLOCK routes per program."""
+                       W: tl.constexpr, SUB: tl.constexpr, BLOCK: tl.constexpr, RC: tl.constexpr,
+                       PDL: tl.constexpr):
+    """moe_align_block_size's routes after count_kernel (large batches), BLOCK routes per program; their buckets
+    and ranks come from the ids alone, before count_kernel's results are waited for."""
+    pid = tl.program_id(0)
+    lo = pid * BLOCK
+    r = lo + tl.arange(0, BLOCK)
+    valid = r < R
+    bucket = route_bucket(topk_ptr, map_ptr, r, valid, E, E, False)
+    rank = block_rank(topk_ptr, map_ptr, bucket, r, lo, tl.minimum(lo + BLOCK, R), E, E, False, SUB, RC)
     if PDL:
         tl.extra.cuda.gdc_wait()
-    pid = tl.program_id(0)
-    r = pid * BLOCK + tl.arange(0, BLOCK)
-    valid = r < R
-    bucket, row = place_chunk_routes(topk_ptr, map_ptr, base_ptr, rank_ptr, table_ptr, r, valid, E, E, CHUNK, False,
-                                     W)
+    row = chunk_rows(base_ptr, sub_ptr, table_ptr, bucket, r, rank, valid, CHUNK, W, SUB)
     keep = valid & (bucket < E)
     store_align_routes(sorted_ptr, expert_ids_ptr, map_ptr, r, bucket, row, keep, ROUND, MAP_EXPERT_IDS)
     if HAS_PAD:
@@ -287,17 +313,19 @@ def align_place_kernel(topk_ptr, map_ptr, base_ptr, rank_ptr, table_ptr, sorted_
 
 
 @triton.jit
-def count_kernel(topk_ptr, map_ptr, hist_ptr, rank_ptr, base_ptr, table_ptr, ticket_ptr, slot_ptr, expert_ids_ptr,
+def count_kernel(topk_ptr, map_ptr, hist_ptr, base_ptr, sub_ptr, table_ptr, ticket_ptr, slot_ptr, expert_ids_ptr,
                  head_ptr, R, E, NB, ROUND, P, fill_value, num_blocks, CHUNK, IS_ALIGN: tl.constexpr,
                  MAP_BUCKETS: tl.constexpr, MAP_EXPERT_IDS: tl.constexpr, HAS_PAD: tl.constexpr,
                  PAD_COLS: tl.constexpr, W: tl.constexpr, SUB: tl.constexpr,
                  BLOCK_C: tl.constexpr, FILL_BLOCK: tl.constexpr, PDL: tl.constexpr):
-    """The index of a large batch: program c ranks the routes of chunk c among themselves and writes the chunk's
-    histogram; the program that finishes last (a ticket counter, reset to 0 when it is done) turns the histograms
-    into per-chunk bases (the routes of each bucket in the chunks before) and a table of each bucket's end, padding
-    and first row, and writes the tail and the offsets (permute) or num_tokens_post_padded (IS_ALIGN). A second
-    launch places the routes (place_chunk_routes): moe_permute's copy kernel, or align_place_kernel. CHUNK is a
-    multiple of SUB; BLOCK_C chunks' histograms are scanned per step.
+    """The index of a large batch: program c counts chunk c's routes a sub-block of SUB at a time (the next SUB in
+    flight), writes for each sub-block the routes of each bucket in the chunk's sub-blocks before it (sub), and the
+    chunk's histogram; the program that finishes last (a ticket counter, reset to 0 when it is done) turns the
+    histograms into per-chunk bases (the routes of each bucket in the chunks before) and a table of each bucket's
+    end, padding and first row, and writes the tail and the offsets (permute) or num_tokens_post_padded (IS_ALIGN).
+    A second launch places the routes (block_rank, chunk_rows): moe_permute's copy kernel, or align_place_kernel. It
+    ranks each route in its sub-block itself, from the ids, before it waits for this kernel: no route is ranked on
+    this kernel's critical path. BLOCK_C chunks' histograms are scanned per step.
 
     moe_align_block_size (IS_ALIGN): slot_ptr = sorted_token_ids (padding and tail R), expert_ids_ptr, head_ptr =
     num_tokens_post_padded; the buckets are the global experts. moe_permute: slot_ptr = m_indices (fill_value in the
@@ -308,18 +336,17 @@ def count_kernel(topk_ptr, map_ptr, hist_ptr, rank_ptr, base_ptr, table_ptr, tic
     c = tl.program_id(0)
     C = tl.num_programs(0)
     run = tl.zeros([W], dtype=tl.int32)
-    first = c * CHUNK + tl.arange(0, SUB)
-    raw = tl.load(topk_ptr + first, mask=first < R, other=-1)
-    for s0 in range(0, CHUNK, SUB):
-        r = c * CHUNK + s0 + tl.arange(0, SUB)
-        valid = r < R
-        # The next sub-block's ids are in flight while this one is ranked.
-        ahead = tl.load(topk_ptr + r + SUB, mask=(r + SUB < R) & (r + SUB < (c + 1) * CHUNK), other=-1)
-        bucket = bucket_of(raw, map_ptr, valid, E, NB, MAP_BUCKETS)
-        rank, run = place_routes(bucket, valid, run, W, SUB)
-        tl.store(rank_ptr + r, rank, mask=valid)
-        raw = ahead
+    i = tl.arange(0, SUB)
+    end = tl.minimum((c + 1) * CHUNK, R)
+    raw = tl.load(topk_ptr + c * CHUNK + i, mask=c * CHUNK + i < end, other=-1)
     b = tl.arange(0, W)
+    for s0 in range(c * CHUNK, end, SUB):
+        r = s0 + i
+        ahead = tl.load(topk_ptr + r + SUB, mask=r + SUB < end, other=-1)
+        tl.store(sub_ptr + (s0 // SUB) * W + b, run)
+        valid = r < end
+        run += tl.histogram(bucket_of(raw, map_ptr, valid, E, NB, MAP_BUCKETS), W, mask=valid)
+        raw = ahead
     tl.store(hist_ptr + c * W + b, run)
     tl.debug_barrier()  # every thread's stores are issued before the ticket is taken (release below)
     ticket = tl.atomic_add(ticket_ptr, 1, sem="acq_rel")

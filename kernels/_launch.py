@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import functools
 
-import triton
 import torch
+import triton
 
 from . import _index
 
@@ -40,8 +40,9 @@ def hist_width(num_buckets: int) -> int:
 
 
 def sub_block(num_routes: int | None = None) -> int:
-    """Routes ranked together by place_routes (a sub_block x sub_block comparison); with num_routes, fewer when
-    that spreads a small batch over more programs."""
+    """Routes ranked together: by place_routes (a sub_block x sub_block comparison), and after count_kernel, which
+    counts its chunks a sub-block at a time, by block_rank within a sub-block. With num_routes (align_index_kernel),
+    fewer when that spreads a small batch over more programs."""
     most = 32 if INTERPRETED else 128
     if num_routes is None or INTERPRETED:
         return most
@@ -57,7 +58,7 @@ def most_chunks(width: int) -> int:
     """At most this many chunks in count_kernel: its last program scans chunks x width histogram entries alone.
     65536 entries: 128 chunks for 256 experts, with which an H100 ran DeepSeek-V3's permute of 16384 tokens 5% faster
     than with 64 (each chunk's ranking is shorter; its align 36% faster), where 256 chunks ran 4096 tokens 7% slower
-    (benchmarks/results/2026-12-06-h100-count-path.md)."""
+    (benchmarks/results/2026-12-06-h100-count-path.md; measured while count_kernel still ranked the routes)."""
     return 8 if INTERPRETED else max(64, 65536 // width)
 
 
@@ -74,6 +75,12 @@ def count_chunk(num_routes: int, width: int) -> int:
     return sub * max(1, -(-(-(-num_routes // most_chunks(width))) // sub))
 
 
+def rank_block(routes: int, warps: int) -> int:
+    """Ids compared per step by block_rank for a placing program's `routes` routes: a [routes x RC] tile of at most
+    32 entries a thread, no wider than the routes' sub-blocks (sub_block) need."""
+    return max(16, min(next_pow2(sub_block() + routes), 32 * 32 * warps // next_pow2(routes)))
+
+
 def pad_cols(round_to: int) -> int:
     """Padding slots one route writes per step (write_padding)."""
     return min(next_pow2(round_to), 64)
@@ -86,9 +93,10 @@ def fill_block() -> int:
 
 def small_batch_routes() -> int:
     """Largest R whose index every program builds on its own (align_index_kernel, permute_fused_kernel): one launch.
+    The unpadded permute goes further, up to direct_limit().
 
     Each of those programs counts all R routes, so the redundant work grows with R times the grid; above this
-    count_kernel ranks each chunk once and one program turns the chunk histograms into base rows.
+    count_kernel counts each chunk once and one program turns the chunk histograms into base rows.
     """
     return 64 if INTERPRETED else 1024
 

@@ -21,7 +21,7 @@ def is_small(num_routes: int) -> bool:
 
 class CountShape:
     """count_kernel for R routes over NB buckets: its chunk size, and its buffers (per-chunk histograms and bases,
-    per-route ranks, each bucket's end, padding and first row)."""
+    per-sub-block counts within the chunk, each bucket's end, padding and first row)."""
 
     def __init__(self, num_routes: int, num_buckets: int):
         self.R = num_routes
@@ -37,7 +37,7 @@ class CountShape:
         return {
             "hist": torch.empty((chunks, W), dtype=torch.int32, device=device),
             "base": torch.empty((chunks, W), dtype=torch.int32, device=device),
-            "rank": torch.empty(max(max_routes, 1), dtype=torch.int32, device=device),
+            "sub": torch.empty((max(1, cdiv(max_routes, _launch.sub_block())), W), dtype=torch.int32, device=device),
             "table": torch.empty((3, W), dtype=torch.int32, device=device),
         }
 
@@ -90,14 +90,15 @@ def launch_index(topk_flat: torch.Tensor, expert_map: torch.Tensor | None, num_e
         count = CountShape.allocate(R, num_buckets, topk_flat.device)
         count["ticket"] = ticket_counter(topk_flat.device)
     _index.count_kernel[(shape.C,)](
-        topk_flat, map_or_ids, count["hist"], count["rank"], count["base"], count["table"], count["ticket"], slots,
+        topk_flat, map_or_ids, count["hist"], count["base"], count["sub"], count["table"], count["ticket"], slots,
         expert_ids if is_align else dummy, head, R, num_experts, num_buckets, round_to, slots.numel(), fill_value,
         expert_ids.numel() if is_align else 0, shape.CHUNK, SUB=_launch.sub_block(),
         BLOCK_C=_launch.scan_block(shape.C, shape.W), num_warps=4, PDL=pdl, **meta)
     if is_align:
         block = 64
         _index.align_place_kernel[(cdiv(R, block),)](
-            topk_flat, map_or_ids, count["base"], count["rank"], count["table"], slots, expert_ids, R, num_experts,
+            topk_flat, map_or_ids, count["base"], count["sub"], count["table"], slots, expert_ids, R, num_experts,
             round_to, shape.CHUNK, MAP_EXPERT_IDS=meta["MAP_EXPERT_IDS"], HAS_PAD=meta["HAS_PAD"],
-            PAD_COLS=meta["PAD_COLS"], W=shape.W, BLOCK=block, num_warps=4, PDL=pdl, launch_pdl=pdl)
+            PAD_COLS=meta["PAD_COLS"], W=shape.W, SUB=_launch.sub_block(), BLOCK=block,
+            RC=_launch.rank_block(block, 4), num_warps=4, PDL=pdl, launch_pdl=pdl)
     return count, shape.CHUNK

@@ -8,8 +8,8 @@ overflow. They move raw bits (the caller passes integer views), so every dtype, 
 import triton
 import triton.language as tl
 
-from ._index import (bucket_counts, bucket_starts, direct_index, fill_tail, pair_offsets, pair_rows, pair_sizes,
-                            place_chunk_routes, place_routes, route_bucket, table_padding, write_padding)
+from ._index import (block_rank, bucket_counts, bucket_starts, chunk_rows, direct_index, fill_tail, pair_offsets,
+                     pair_rows, pair_sizes, place_routes, route_bucket, table_padding, write_padding)
 
 
 @triton.jit
@@ -44,32 +44,50 @@ def store_rows(out_ptr, out_scale_ptr, v, sv, row, ok, H, S, pid_h, stride_out, 
 
 
 @triton.jit
-def permute_rows_kernel(topk_ptr, map_ptr, base_ptr, rank_ptr, table_ptr, x_ptr, out_ptr, inv_ptr, m_idx_ptr,
+def store_tile_routes(out_ptr, out_scale_ptr, v, sv, tm, row, local, H, S, pid_h, stride_out, stride_os,
+                      K: tl.constexpr, HAS_SCALE: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_H: tl.constexpr,
+                      BLOCK_S: tl.constexpr):
+    """Write the tile of tokens to the rows of their routes: `row` and `local` hold the tile's BLOCK_T * K routes in
+    token-major order (padded to a power of 2); routes not `local` (dropped) are not copied."""
+    dest = tl.where(local, row, -1)
+    tk = tl.arange(0, BLOCK_T) * K
+    for j in tl.static_range(K):
+        row_j = tl.gather(dest, tk + j, 0)
+        store_rows(out_ptr, out_scale_ptr, v, sv, row_j, tm & (row_j >= 0), H, S, pid_h, stride_out, stride_os,
+                   HAS_SCALE, BLOCK_H, BLOCK_S)
+
+
+@triton.jit
+def permute_rows_kernel(topk_ptr, map_ptr, base_ptr, sub_ptr, table_ptr, x_ptr, out_ptr, inv_ptr, m_idx_ptr,
                         scale_ptr, out_scale_ptr, M, E, L, ROUND, H, S, stride_x, stride_out, stride_s, stride_os,
                         CHUNK, K: tl.constexpr, MAP_BUCKETS: tl.constexpr, HAS_SCALE: tl.constexpr,
-                        HAS_PAD: tl.constexpr, PAD_COLS: tl.constexpr, W: tl.constexpr, BLOCK_T: tl.constexpr,
-                        BLOCK_H: tl.constexpr, BLOCK_S: tl.constexpr, PDL: tl.constexpr):
-    """After count_kernel: each route's row from its bucket's first row, its chunk's base and its rank; program
-    column 0 writes inv, m_indices and a share of the buckets' padding (table_padding), every program copies its tile
-    to the rows of its tokens' local routes. PDL: launched as count_kernel's dependent, the tile is loaded while
-    count_kernel still runs (it does not write the input)."""
+                        HAS_PAD: tl.constexpr, PAD_COLS: tl.constexpr, W: tl.constexpr, SUB: tl.constexpr,
+                        RT: tl.constexpr, RC: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_H: tl.constexpr,
+                        BLOCK_S: tl.constexpr, PDL: tl.constexpr):
+    """After count_kernel (sub-blocks of SUB routes): the rows of the tile's BLOCK_T * K routes (RT, a power of
+    2) at once (chunk_rows), each ranked in its sub-block from the ids (block_rank, RC ids a step); program column 0
+    writes inv, m_indices and a share of the buckets' padding (table_padding), every program copies its tile to the
+    rows of its tokens' local routes. PDL: launched as count_kernel's dependent, the tile is loaded and the routes
+    ranked (count_kernel writes neither the input nor the ids) while count_kernel still runs."""
     pid_h = tl.program_id(1)
     t0 = tl.program_id(0) * BLOCK_T
     v, sv, tm = load_tokens(x_ptr, scale_ptr, t0, M, H, S, pid_h, stride_x, stride_s,
                             HAS_SCALE, BLOCK_T, BLOCK_H, BLOCK_S)
+    i = tl.arange(0, RT)
+    r = t0 * K + i
+    valid = (i < BLOCK_T * K) & (r < M * K)
+    bucket = route_bucket(topk_ptr, map_ptr, r, valid, E, L, MAP_BUCKETS)
+    rank = block_rank(topk_ptr, map_ptr, bucket, r, t0 * K, tl.minimum(t0 + BLOCK_T, M) * K, E, L, MAP_BUCKETS,
+                      SUB, RC)
     if PDL:
         tl.extra.cuda.gdc_wait()
-    t = t0 + tl.arange(0, BLOCK_T)
-    for j in tl.static_range(K):
-        r = t * K + j
-        bucket, row = place_chunk_routes(topk_ptr, map_ptr, base_ptr, rank_ptr, table_ptr, r, tm, E, L, CHUNK,
-                                         MAP_BUCKETS, W)
-        local = tm & (bucket < L)
-        if pid_h == 0:
-            tl.store(inv_ptr + r, row, mask=tm)
-            tl.store(m_idx_ptr + row, bucket, mask=local)
-        store_rows(out_ptr, out_scale_ptr, v, sv, row, local, H, S, pid_h, stride_out, stride_os,
-                   HAS_SCALE, BLOCK_H, BLOCK_S)
+    row = chunk_rows(base_ptr, sub_ptr, table_ptr, bucket, r, rank, valid, CHUNK, W, SUB)
+    local = valid & (bucket < L)
+    if pid_h == 0:
+        tl.store(inv_ptr + r, row, mask=valid)
+        tl.store(m_idx_ptr + row, bucket, mask=local)
+    store_tile_routes(out_ptr, out_scale_ptr, v, sv, tm, row, local, H, S, pid_h, stride_out, stride_os,
+                      K, HAS_SCALE, BLOCK_T, BLOCK_H, BLOCK_S)
     if HAS_PAD:
         if pid_h == 0:
             table_padding(m_idx_ptr, table_ptr, L, ROUND, 0, tl.program_id(0), tl.num_programs(0), False, PAD_COLS, W)
@@ -106,32 +124,27 @@ def permute_fused_kernel(topk_ptr, map_ptr, x_ptr, out_ptr, inv_ptr, m_idx_ptr, 
         e = pid * EB + tl.arange(0, EB)
         row, first = direct_index(topk_ptr, map_ptr, bucket, r, e, R, E, L, MAP_BUCKETS, CH)
         tl.store(offsets_ptr + e, first.to(tl.int64), mask=e <= L)
-        if pid_h == 0:
-            tl.store(inv_ptr + r, row, mask=valid)
+    elif PAIRS:
+        bj, size, V = pair_sizes(topk_ptr, map_ptr, R, E, L, ROUND, MAP_BUCKETS, RP)
+        row, end, pad = pair_rows(bj, size, bucket, r, ROUND, RP)
+    else:
+        total, before = bucket_counts(topk_ptr, map_ptr, R, E, L, lo, MAP_BUCKETS, W, CH)
+        starts, sizes, V = bucket_starts(total, L, ROUND, W)
+        row, _ = place_routes(bucket, valid, starts + before, W, SUB)
+    if pid_h == 0:
+        tl.store(inv_ptr + r, row, mask=valid)
+        if DIRECT:
             # Without padding the slots past the real rows are the dropped routes' own: each writes its fill.
             tl.store(m_idx_ptr + row, tl.where(local, bucket, fill_value), mask=valid)
-    else:
-        if PAIRS:
-            bj, size, V = pair_sizes(topk_ptr, map_ptr, R, E, L, ROUND, MAP_BUCKETS, RP)
-            row, end, pad = pair_rows(bj, size, bucket, r, ROUND, RP)
         else:
-            total, before = bucket_counts(topk_ptr, map_ptr, R, E, L, lo, MAP_BUCKETS, W, CH)
-            starts, sizes, V = bucket_starts(total, L, ROUND, W)
-            row, _ = place_routes(bucket, valid, starts + before, W, SUB)
-        if pid_h == 0:
-            tl.store(inv_ptr + r, row, mask=valid)
             tl.store(m_idx_ptr + row, bucket, mask=local)
             if HAS_PAD:
                 if not PAIRS:
                     end = tl.gather(starts + total, bucket, 0)
                     pad = tl.gather(sizes - total, bucket, 0)
                 write_padding(m_idx_ptr, bucket, row, local, end, pad, ROUND, 0, False, PAD_COLS)
-    dest = tl.where(local, row, -1)  # dropped routes are not copied
-    tk = tl.arange(0, BLOCK_T) * K
-    for j in tl.static_range(K):
-        row_j = tl.gather(dest, tk + j, 0)
-        store_rows(out_ptr, out_scale_ptr, v, sv, row_j, tm & (row_j >= 0), H, S, pid_h, stride_out, stride_os,
-                   HAS_SCALE, BLOCK_H, BLOCK_S)
+    store_tile_routes(out_ptr, out_scale_ptr, v, sv, tm, row, local, H, S, pid_h, stride_out, stride_os,
+                      K, HAS_SCALE, BLOCK_T, BLOCK_H, BLOCK_S)
     if not DIRECT:
         fill_tail(m_idx_ptr, V, P, fill_value, pid, nprog, FILL_BLOCK)
         if PAIRS:

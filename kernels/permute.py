@@ -32,11 +32,12 @@ def moe_permute(hidden_states: torch.Tensor, a1q_scale: torch.Tensor | None, top
     """Group each token's routes by local expert. Returns (permuted_hidden_states [P,H], a1q_scale,
     expert_first_token_offset int64 [L+1], inv_permuted_idx int32 [R], m_indices int32 [P]); see SPEC 1.3.
 
-    No sort (see _index.py). One launch while R = M*topk <= _launch.small_batch_routes(): each program builds the
-    index of its own tokens' routes and copies their rows. Two above: count_kernel, then a token-major copy that
-    places the routes (on Hopper and later launched as count_kernel's dependent: _launch.pdl). Dropped routes
-    (non-local, or ids outside [0, n_expert)) get rows >= V and are not copied. With `scratch` (a MoEPermuteScratch)
-    nothing is allocated and the outputs alias the scratch.
+    No sort (see _index.py). One launch while R = M*topk <= _launch.small_batch_routes(), and without padding while
+    R * R * (column blocks) <= _launch.direct_limit(): each program builds the index of its own tokens' routes and
+    copies their rows. Two above: count_kernel, then a token-major copy that ranks its routes and places them (on
+    Hopper and later launched as count_kernel's dependent, _launch.pdl, it does so while count_kernel runs).
+    Dropped routes (non-local, or ids outside [0, n_expert)) get rows >= V and are not copied. With `scratch` (a
+    MoEPermuteScratch) nothing is allocated and the outputs alias the scratch.
     """
     M, H = _checks.check_hidden_states(hidden_states)
     _, k = _checks.check_topk_ids(topk_ids, M)
@@ -103,9 +104,11 @@ def moe_permute(hidden_states: torch.Tensor, a1q_scale: torch.Tensor | None, top
         pdl = _launch.pdl(hidden_states.device)
         if M > 0:
             _rows.permute_rows_kernel[(cdiv(M, block_t), grid_h)](
-                topk_flat, map_or_ids, count["base"], count["rank"], count["table"], x_bits, out_bits, out["inv"],
+                topk_flat, map_or_ids, count["base"], count["sub"], count["table"], x_bits, out_bits, out["inv"],
                 out["m_indices"], scale_src, scale_dst, M, n_expert, L, A or 1, *copy_args, chunk,
-                PDL=pdl, launch_pdl=pdl, **index_meta, **copy_meta)
+                SUB=_launch.sub_block(), RT=_launch.next_pow2(block_t * k),
+                RC=_launch.rank_block(block_t * k, config["num_warps"]), PDL=pdl, launch_pdl=pdl, **index_meta,
+                **copy_meta)
     scale_out = out["scale"] if S else a1q_scale
     return out["permuted"], scale_out, out["offsets"], out["inv"], out["m_indices"]
 

@@ -50,7 +50,7 @@ class MoEPermuteScratch:
         dev = self.device
         count = CountShape.allocate(self.capacity_routes, num_local_experts, dev)
         b = dict(
-            count_hist=count["hist"], count_base=count["base"], count_rank=count["rank"], count_table=count["table"],
+            **{f"count_{name}": buf for name, buf in count.items()},
             ticket=torch.zeros(1, dtype=torch.int32, device=dev),
             inv=torch.empty(self.capacity_routes, dtype=torch.int32, device=dev),
             offsets=torch.empty(num_local_experts + 1, dtype=torch.int64, device=dev),
@@ -111,8 +111,7 @@ class MoEPermuteScratch:
         permuted = self._ensure("permuted", self.capacity_rows * H, hidden_states.dtype)
         out = {
             "inv": b["inv"][:routes], "offsets": b["offsets"],
-            "count": {"hist": b["count_hist"], "base": b["count_base"], "rank": b["count_rank"],
-                      "table": b["count_table"], "ticket": b["ticket"]},
+            "count": dict({name[6:]: buf for name, buf in b.items() if name.startswith("count_")}, ticket=b["ticket"]),
             "m_indices": b["m_indices"][:rows], "permuted": permuted[:rows * H].view(rows, H), "scale": None,
         }
         if scale_cols:

@@ -66,8 +66,9 @@ def main() -> int:
                                                          MAP_EXPERT_IDS=False, SUB=128, BLOCK_C=8, FILL_BLOCK=1024),
          "launch_dependents"),
         (_rows.permute_rows_kernel, dict(x_ptr="i8", out_ptr="i8", scale_ptr="fp32", out_scale_ptr="fp32"),
-         dict(index, K=8, MAP_BUCKETS=False, HAS_SCALE=True, BLOCK_T=2, BLOCK_H=4096, BLOCK_S=64), "wait"),
-        (_index.align_place_kernel, {}, dict(index, MAP_EXPERT_IDS=False, BLOCK=64), "wait"),
+         dict(index, K=8, MAP_BUCKETS=False, HAS_SCALE=True, SUB=128, RT=16, RC=256, BLOCK_T=2, BLOCK_H=4096,
+              BLOCK_S=64), "wait"),
+        (_index.align_place_kernel, {}, dict(index, MAP_EXPERT_IDS=False, SUB=128, BLOCK=64, RC=64), "wait"),
     ]
     for kernel, pointers, constexprs, instruction in dependents:
         k = compile_for_hopper(kernel, pointers, constexprs, aligned=False, num_warps=4)

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 import moeperf_kernels as kernels
-from moeperf_kernels import _launch
+from moeperf_kernels import _launch, _pipeline
 from pytest_moeperf.oracle import compare, reference
 from tests.cases import Case, make_inputs
 
@@ -104,6 +104,25 @@ def test_count_path_pads_every_bucket_from_few_programs(case, device, monkeypatc
                                    reference.local_expert_of_routes(ids, case.E, emap))
     compare.assert_align_matches(kernels.moe_align_block_size(ids, case.align, case.E, emap),
                                  reference.moe_align_block_size(ids, case.align, case.E, emap), ids, case.align, case.E)
+
+
+@pytest.mark.parametrize("case", [Case(200, 3, 7, 48, "bf16"),
+                                  Case(100, 6, 60, 40, "fp16", align=16, ep=(2, 1), routing="invalid")],
+                         ids=lambda c: c.id)
+def test_count_path_ranks_across_sub_blocks_and_chunks(case, device, monkeypatch):
+    """After count_kernel a placing program ranks each route in its sub-block from the ids and adds the counts of
+    the chunk's sub-blocks before it. Chunks of several sub-blocks, and token blocks of topk 3 or 6 that straddle
+    sub-blocks and chunks, must place every route as the reference does (permute and align)."""
+    monkeypatch.setattr(_launch, "small_batch_routes", lambda: 0)
+    monkeypatch.setattr(_launch, "direct_limit", lambda: 0)
+    assert _pipeline.CountShape(case.M * case.k, case.n_local).CHUNK >= 3 * _launch.sub_block()
+    hidden, scale, ids, _, emap = make_inputs(case, device, salt="sub-blocks")
+    want = reference.moe_permute(hidden, scale, ids, case.E, case.n_local, emap, case.align, case.fill)
+    compare.assert_permute_matches(run_permute(case, hidden, scale, ids, emap), want, hidden, scale, ids,
+                                   reference.local_expert_of_routes(ids, case.E, emap))
+    block = case.align or 4
+    compare.assert_align_matches(kernels.moe_align_block_size(ids, block, case.E, emap),
+                                 reference.moe_align_block_size(ids, block, case.E, emap), ids, block, case.E)
 
 
 @pytest.mark.parametrize("case", CASES, ids=lambda c: c.id)
