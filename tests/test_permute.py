@@ -57,6 +57,16 @@ def test_moe_permute_matches_reference(case, device):
         compare.assert_equal(f"{name}, second run", a, b)
 
 
+def check_permute_and_align(case, device, salt, block):
+    """moe_permute of the case, and moe_align_block_size of its ids to `block`, against the reference."""
+    hidden, scale, ids, _, emap = make_inputs(case, device, salt=salt)
+    want = reference.moe_permute(hidden, scale, ids, case.E, case.n_local, emap, case.align, case.fill)
+    compare.assert_permute_matches(run_permute(case, hidden, scale, ids, emap), want, hidden, scale, ids,
+                                   reference.local_expert_of_routes(ids, case.E, emap))
+    compare.assert_align_matches(kernels.moe_align_block_size(ids, block, case.E, emap),
+                                 reference.moe_align_block_size(ids, block, case.E, emap), ids, block, case.E)
+
+
 @pytest.mark.parametrize("path", ["direct", "pairs", "buckets", "count-kernel"])
 @pytest.mark.parametrize("case", CASES[1:12:2] + CASES[13:14], ids=lambda c: c.id)
 def test_every_index_path_matches_reference(case, path, device, monkeypatch):
@@ -70,13 +80,7 @@ def test_every_index_path_matches_reference(case, path, device, monkeypatch):
     monkeypatch.setattr(_launch, "direct_limit", lambda: 1 << 60 if path == "direct" else 0)
     monkeypatch.setattr(_launch, "small_batch_routes", lambda: 0 if path in ("count-kernel", "direct") else 1 << 30)
     monkeypatch.setattr(_launch, "pair_routes", lambda buckets: 64 if path == "pairs" else 0)
-    hidden, scale, ids, _, emap = make_inputs(case, device, salt=path)
-    want = reference.moe_permute(hidden, scale, ids, case.E, case.n_local, emap, case.align, case.fill)
-    compare.assert_permute_matches(run_permute(case, hidden, scale, ids, emap), want, hidden, scale, ids,
-                                   reference.local_expert_of_routes(ids, case.E, emap))
-    block = case.align or 16
-    compare.assert_align_matches(kernels.moe_align_block_size(ids, block, case.E, emap),
-                                 reference.moe_align_block_size(ids, block, case.E, emap), ids, block, case.E)
+    check_permute_and_align(case, device, path, case.align or 16)
 
 
 @pytest.mark.parametrize("routes, buckets, block_routes, programs, warps",
@@ -98,12 +102,7 @@ def test_count_path_pads_every_bucket_from_few_programs(case, device, monkeypatc
     """After count_kernel each placing program pads a block of buckets in turn (table_padding): with hundreds of
     experts and one or two programs, every block is reached. m_indices, sorted_token_ids and expert_ids must match."""
     monkeypatch.setattr(_launch, "small_batch_routes", lambda: 0)
-    hidden, scale, ids, _, emap = make_inputs(case, device, salt="few-programs")
-    want = reference.moe_permute(hidden, scale, ids, case.E, case.n_local, emap, case.align, case.fill)
-    compare.assert_permute_matches(run_permute(case, hidden, scale, ids, emap), want, hidden, scale, ids,
-                                   reference.local_expert_of_routes(ids, case.E, emap))
-    compare.assert_align_matches(kernels.moe_align_block_size(ids, case.align, case.E, emap),
-                                 reference.moe_align_block_size(ids, case.align, case.E, emap), ids, case.align, case.E)
+    check_permute_and_align(case, device, "few-programs", case.align)
 
 
 @pytest.mark.parametrize("case", [Case(200, 3, 7, 48, "bf16"),
@@ -116,13 +115,7 @@ def test_count_path_ranks_across_sub_blocks_and_chunks(case, device, monkeypatch
     monkeypatch.setattr(_launch, "small_batch_routes", lambda: 0)
     monkeypatch.setattr(_launch, "direct_limit", lambda: 0)
     assert _pipeline.CountShape(case.M * case.k, case.n_local).CHUNK >= 3 * _launch.sub_block()
-    hidden, scale, ids, _, emap = make_inputs(case, device, salt="sub-blocks")
-    want = reference.moe_permute(hidden, scale, ids, case.E, case.n_local, emap, case.align, case.fill)
-    compare.assert_permute_matches(run_permute(case, hidden, scale, ids, emap), want, hidden, scale, ids,
-                                   reference.local_expert_of_routes(ids, case.E, emap))
-    block = case.align or 4
-    compare.assert_align_matches(kernels.moe_align_block_size(ids, block, case.E, emap),
-                                 reference.moe_align_block_size(ids, block, case.E, emap), ids, block, case.E)
+    check_permute_and_align(case, device, "sub-blocks", case.align or 4)
 
 
 @pytest.mark.parametrize("case", CASES, ids=lambda c: c.id)
