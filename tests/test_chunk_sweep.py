@@ -13,6 +13,10 @@ def test_a_permute_is_compared_by_its_index_and_the_rows_each_route_got():
     got = chunk_sweep.outputs("permute", (permuted, None, offsets, inv, m_indices))
     assert [t is x for t, x in zip(got[:3], (offsets, inv, m_indices))] == [True] * 3
     assert torch.equal(got[3], permuted.view(torch.uint8)[[2, 0, 1]])
+    # a dropped route (row 3 >= offsets[-1]) got no copy: its row is not compared
+    dropped = chunk_sweep.outputs("permute", (permuted, None, torch.tensor([0, 1, 2]), torch.tensor([3, 0, 1]),
+                                              m_indices))
+    assert torch.equal(dropped[3], permuted.view(torch.uint8)[[0, 1]])
     align = (torch.arange(4), torch.arange(2), torch.tensor([4]))
     assert chunk_sweep.outputs("align", align) == list(align)
 
