@@ -233,6 +233,7 @@ def test_an_ab_measurement_on_a_gpu_gives_each_side_its_samples_from_every_pair_
     assert a.median < b.median  # the sides keep their order: the one kernel is faster than the three
 
 
+@pytest.mark.gpu_alone
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a GPU")
 def test_an_injected_spin_slows_calls_by_about_its_target_in_usual_and_in_long_ab_graphs():
     x = torch.ones(1 << 20, device="cuda")
@@ -246,6 +247,7 @@ def test_an_injected_spin_slows_calls_by_about_its_target_in_usual_and_in_long_a
         assert 0.65 <= added <= 1.35 and 0.75 <= info["extra_us"] <= 1.25, (t.invocations, added, info)
 
 
+@pytest.mark.gpu_alone
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a GPU")
 def test_queued_samples_of_long_graphs_agree_with_samples_timed_one_by_one():
     x = torch.ones(1 << 20, device="cuda")  # 4 MiB: each call a few microseconds, a replay of 60 calls >= 100 us
