@@ -23,7 +23,7 @@ The per-bucket counts above are as wide as the number of experts (512 columns fo
 their histograms, prefix sum and gathers, not the rows, are most of a program's time. Two ways around them:
 - without padding (moe_permute with no align_block_size) a row needs no bucket sizes: it is the number of routes in
   lower buckets or before it in its bucket, which every program of the one-launch permute counts straight from the
-  routes for its own (direct_index), while R * R * grid_h <= direct_limit();
+  routes for its own (direct_index), while _launch.direct_fits();
 - with padding, batches of up to pair_routes() routes compare every route with every other (pair_sizes, pair_rows,
   pair_offsets).
 Either way nothing is wider than the batch and the cost does not grow with the experts.

@@ -78,7 +78,12 @@ def count_chunk(num_routes: int, width: int) -> int:
 def rank_block(routes: int, warps: int) -> int:
     """Ids compared per step by block_rank for a placing program's `routes` routes: a [routes x RC] tile of at most
     32 entries a thread, no wider than the routes' sub-blocks (sub_block) need."""
-    return max(16, min(next_pow2(sub_block() + routes), 32 * 32 * warps // next_pow2(routes)))
+    return max(16, min(next_pow2(sub_block() + routes), tile_width(routes, warps)))
+
+
+def tile_width(rows: int, warps: int) -> int:
+    """Columns of a [next_pow2(rows) x width] compare tile of 32 entries a thread (block_rank, direct_index)."""
+    return 32 * 32 * warps // next_pow2(rows)
 
 
 def pad_cols(round_to: int) -> int:
@@ -93,7 +98,7 @@ def fill_block() -> int:
 
 def small_batch_routes() -> int:
     """Largest R whose index every program builds on its own (align_index_kernel, permute_fused_kernel): one launch.
-    The unpadded permute goes further, up to direct_limit().
+    The unpadded permute goes further, while direct_fits().
 
     Each of those programs counts all R routes, so the redundant work grows with R times the grid; above this
     count_kernel counts each chunk once and one program turns the chunk histograms into base rows.
@@ -110,13 +115,19 @@ def pair_routes(num_buckets: int) -> int:
     return 16 if INTERPRETED else 64
 
 
-def direct_limit() -> int:
-    """The unpadded one-launch permute counts rows straight from the routes (_index.direct_index) while R * R *
-    grid_h is at most this: every program compares its routes with all R, and the grid_h programs of one token
-    block do the same count. Above it count_kernel's two launches cost less. 2**24 from an H100 A/B of both against
-    count_kernel (benchmarks/results/2026-12-06-h100-direct-index.md): faster up to it (Mixtral 2048 routes 0.68 x,
-    DeepSeek-V3 2048 routes at 4 column blocks 0.92 x), slower above (4096 routes at 2 blocks 1.18 x)."""
-    return 4096 if INTERPRETED else 1 << 24
+def direct_fits(num_routes: int, block_routes: int, grid_h: int, warps: int) -> bool:
+    """Whether the unpadded one-launch permute counts rows straight from the routes (_index.direct_index) rather
+    than after count_kernel. Two counts grow with R, and above either limit count_kernel's two launches cost less:
+    - the grid's, R * R * grid_h (every program compares its routes with all R, the grid_h programs of one token
+      block alike): at most 2**24, from an H100 A/B against count_kernel
+      (benchmarks/results/2026-12-06-h100-direct-index.md: Mixtral 2048 routes 0.68 x, 4096 routes at 2 column
+      blocks 1.18 x);
+    - one program's, its [SUB x R] comparisons over its 32 x warps threads, which no idle SM shortens: fewer than
+      128 a thread. An H100 A/B (benchmarks/results/2026-12-06-h200.md) ran count_kernel at 0.41-0.81 x of the
+      direct index at 192-384 a thread (DeepSeek-V2-Lite and Qwen3-30B, M = 512), 0.93-1.00 x at 128 (five shapes)
+      and 1.17-1.24 x at 96 (DeepSeek-V2-Lite, M = 256)."""
+    per_thread = next_pow2(block_routes) * num_routes // (32 * warps)
+    return num_routes * num_routes * grid_h <= (4096 if INTERPRETED else 1 << 24) and per_thread < 128
 
 
 def small_index_meta(num_routes: int, num_buckets: int) -> dict:
@@ -134,7 +145,7 @@ def direct_meta(num_routes: int, num_buckets: int, block_routes: int, programs: 
     in the routes' slack they would double SUB whenever block_routes is a power of 2 (an H100 ran Qwen3-235B's 1024
     routes 1.49 x slower so)."""
     sub = next_pow2(block_routes)
-    ch = max(16, min(next_pow2(num_routes), 32 * 32 * warps // sub))
+    ch = max(16, min(next_pow2(num_routes), tile_width(block_routes, warps)))
     return dict(DIRECT=True, EB=next_pow2(-(-(num_buckets + 1) // programs)), SUB=sub, PAIRS=False, RP=1, CH=ch)
 
 

@@ -77,7 +77,7 @@ def test_every_index_path_matches_reference(case, path, device, monkeypatch):
         case = dataclasses.replace(case, M=max(1, min(case.M, 64 // case.k)))
     if path == "direct":
         case = dataclasses.replace(case, align=None)
-    monkeypatch.setattr(_launch, "direct_limit", lambda: 1 << 60 if path == "direct" else 0)
+    monkeypatch.setattr(_launch, "direct_fits", lambda *shape: path == "direct")
     monkeypatch.setattr(_launch, "small_batch_routes", lambda: 0 if path in ("count-kernel", "direct") else 1 << 30)
     monkeypatch.setattr(_launch, "pair_routes", lambda buckets: 64 if path == "pairs" else 0)
     check_permute_and_align(case, device, path, case.align or 16)
@@ -94,6 +94,21 @@ def test_direct_launch_covers_every_offset_and_route(routes, buckets, block_rout
     assert how["SUB"] >= block_routes
     assert how["CH"] == 16 or how["SUB"] * how["CH"] <= 32 * 32 * warps
     assert how["CH"] <= max(16, _launch.next_pow2(routes))
+
+
+@pytest.mark.parametrize("routes, block_routes, grid_h, warps, fits",
+                         [(2048, 4, 2, 8, True),  # Mixtral bf16 M = 1024
+                          (1536, 12, 1, 8, True),  # DeepSeek-V2-Lite bf16 M = 256: 96 comparisons a thread
+                          (2048, 16, 4, 8, False),  # DeepSeek-V3 bf16 M = 256: 128 a thread
+                          (4096, 4, 2, 8, False),  # Mixtral bf16 M = 2048: the grid's 2**25
+                          (3072, 24, 1, 8, False),  # DeepSeek-V2-Lite fp8 M = 512: 384 a thread, grid's 2**23
+                          (4096, 16, 1, 8, False)])  # Qwen3-30B bf16 M = 512: 256 a thread
+def test_the_direct_index_stops_where_the_grid_or_one_program_would_compare_too_many_routes(
+        routes, block_routes, grid_h, warps, fits, monkeypatch):
+    """On a GPU the unpadded one-launch permute gives way to count_kernel when all programs together, or any one
+    of them, would compare too many routes (the H100 and H200 runs named in direct_fits)."""
+    monkeypatch.setattr(_launch, "INTERPRETED", False)
+    assert _launch.direct_fits(routes, block_routes, grid_h, warps) is fits
 
 
 @pytest.mark.parametrize("case", [Case(6, 8, 256, 64, "bf16", align=16), Case(2, 8, 512, 64, "fp16", align=5)],
@@ -113,7 +128,7 @@ def test_count_path_ranks_across_sub_blocks_and_chunks(case, device, monkeypatch
     the chunk's sub-blocks before it. Chunks of several sub-blocks, and token blocks of topk 3 or 6 that straddle
     sub-blocks and chunks, must place every route as the reference does (permute and align)."""
     monkeypatch.setattr(_launch, "small_batch_routes", lambda: 0)
-    monkeypatch.setattr(_launch, "direct_limit", lambda: 0)
+    monkeypatch.setattr(_launch, "direct_fits", lambda *shape: False)
     monkeypatch.setattr(_launch, "most_chunks", lambda width: 3)
     shape = _pipeline.CountShape(case.M * case.k, case.n_local)
     assert shape.C == 3 and shape.CHUNK >= 2 * _launch.sub_block()
