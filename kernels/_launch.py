@@ -115,19 +115,29 @@ def pair_routes(num_buckets: int) -> int:
     return 16 if INTERPRETED else 64
 
 
-def direct_fits(num_routes: int, block_routes: int, grid_h: int, warps: int) -> bool:
+def direct_fits(num_routes: int, block_routes: int, grid_h: int, warps: int, num_buckets: int) -> bool:
     """Whether the unpadded one-launch permute counts rows straight from the routes (_index.direct_index) rather
-    than after count_kernel. Two counts grow with R, and above either limit count_kernel's two launches cost less:
-    - the grid's, R * R * grid_h (every program compares its routes with all R, the grid_h programs of one token
-      block alike): at most 2**24, from an H100 A/B against count_kernel
-      (benchmarks/results/2026-12-06-h100-direct-index.md: Mixtral 2048 routes 0.68 x, 4096 routes at 2 column
+    than after count_kernel, or, up to small_batch_routes(), after each program's own per-bucket count. Each program
+    compares its SUB routes with all R and loads all R; the limits come from H100 and H200 A/Bs against the
+    alternative (benchmarks/results/: 2026-12-06-h100-direct-index.md, 2026-12-06-h200.md, 2026-12-06-direct-rule.md):
+    - the grid's comparisons, R * R * grid_h, at most 2**24 (Mixtral 2048 routes 0.68 x, 4096 routes at 2 column
       blocks 1.18 x);
-    - one program's, its [SUB x R] comparisons over its 32 x warps threads, which no idle SM shortens: fewer than
-      128 a thread. An H100 A/B (benchmarks/results/2026-12-06-h200.md) ran count_kernel at 0.41-0.81 x of the
-      direct index at 192-384 a thread (DeepSeek-V2-Lite and Qwen3-30B, M = 512), 0.93-1.00 x at 128 (five shapes)
-      and 1.17-1.24 x at 96 (DeepSeek-V2-Lite, M = 256)."""
-    per_thread = next_pow2(block_routes) * num_routes // (32 * warps)
-    return num_routes * num_routes * grid_h <= (4096 if INTERPRETED else 1 << 24) and per_thread < 128
+    - the grid's route loads, R * R * grid_h / SUB, at most 2**22: with one route a token (Llama-4, M = 2048, 3
+      column blocks, 6.3 M loads) count_kernel ran 0.79-0.90 x of it, at 1.6-2.1 M loads 1.05-1.23 x;
+    - one program's comparisons over its 32 x warps threads, which no idle SM shortens: fewer than 128 a thread
+      (count_kernel ran 0.41-0.81 x of the direct index at 192-384 a thread, 0.93-1.00 x at 128, 1.17-1.24 x at 96);
+    - against the per-bucket count, fewer than 64 a thread where a program holds 16 routes or more and that count
+      is narrower than 512 columns: at 16 routes and 64 a thread (1024 routes, 8 warps) the count ran 0.90-0.92 x
+      with 64 experts and 0.96-0.97 x with 128, but 1.40 x with 256; at 8 routes and 64 a thread (128 experts, 4
+      warps) 1.26 x; at 8 routes and 48 a thread (64 experts) 1.00-1.10 x."""
+    sub = next_pow2(block_routes)
+    per_thread = sub * num_routes // (32 * warps)
+    grid = num_routes * num_routes * grid_h
+    if INTERPRETED:
+        return grid <= 4096 and per_thread < 128
+    if num_routes <= small_batch_routes() and sub >= 16 and per_thread >= 64 and hist_width(num_buckets) < 512:
+        return False
+    return grid <= 1 << 24 and grid // sub <= 1 << 22 and per_thread < 128
 
 
 def small_index_meta(num_routes: int, num_buckets: int) -> dict:

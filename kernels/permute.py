@@ -33,10 +33,10 @@ def moe_permute(hidden_states: torch.Tensor, a1q_scale: torch.Tensor | None, top
     expert_first_token_offset int64 [L+1], inv_permuted_idx int32 [R], m_indices int32 [P]); see SPEC 1.3.
 
     No sort (see _index.py). One launch while R = M*topk <= _launch.small_batch_routes(), and without padding while
-    _launch.direct_fits() (the grid's and each program's route comparisons few enough): each program builds the
-    index of its own tokens' routes and copies their rows. Two above: count_kernel, then a token-major copy that
-    ranks its routes and places them (on Hopper and later launched as count_kernel's dependent, _launch.pdl, it does
-    so while count_kernel runs).
+    _launch.direct_fits() (the route comparisons and loads few enough): each program builds the index of its own
+    tokens' routes and copies their rows. Two above: count_kernel, then a token-major copy that ranks its routes and
+    places them (on Hopper and later launched as count_kernel's dependent, _launch.pdl, it does so while count_kernel
+    runs).
     Dropped routes (non-local, or ids outside [0, n_expert)) get rows >= V and are not copied. With `scratch` (a
     MoEPermuteScratch) nothing is allocated and the outputs alias the scratch.
     """
@@ -85,8 +85,8 @@ def moe_permute(hidden_states: torch.Tensor, a1q_scale: torch.Tensor | None, top
                      num_warps=config["num_warps"])
     index_meta = dict(K=k, MAP_BUCKETS=expert_map is not None, HAS_PAD=(A or 1) > 1,
                       PAD_COLS=_launch.pad_cols(A or 1), W=_launch.hist_width(L))
-    # Unpadded, rows counted straight from the routes (direct_meta) while that costs less than count_kernel.
-    direct = ((A or 1) == 1 and _launch.direct_fits(R, block_t * k, grid_h, config["num_warps"])
+    # Unpadded, rows counted straight from the routes (direct_meta) while that costs less than the other ways.
+    direct = ((A or 1) == 1 and _launch.direct_fits(R, block_t * k, grid_h, config["num_warps"], L)
               and (L + 2) * R < 2**31)
     if direct or is_small(R):
         # Enough programs (past the last token's, some copy nothing) to share the tail.

@@ -96,19 +96,26 @@ def test_direct_launch_covers_every_offset_and_route(routes, buckets, block_rout
     assert how["CH"] <= max(16, _launch.next_pow2(routes))
 
 
-@pytest.mark.parametrize("routes, block_routes, grid_h, warps, fits",
-                         [(2048, 4, 2, 8, True),  # Mixtral bf16 M = 1024
-                          (1536, 12, 1, 8, True),  # DeepSeek-V2-Lite bf16 M = 256: 96 comparisons a thread
-                          (2048, 16, 4, 8, False),  # DeepSeek-V3 bf16 M = 256: 128 a thread
-                          (4096, 4, 2, 8, False),  # Mixtral bf16 M = 2048: the grid's 2**25
-                          (3072, 24, 1, 8, False),  # DeepSeek-V2-Lite fp8 M = 512: 384 a thread, grid's 2**23
-                          (4096, 16, 1, 8, False)])  # Qwen3-30B bf16 M = 512: 256 a thread
+@pytest.mark.parametrize("routes, block_routes, grid_h, warps, buckets, fits",
+                         [(2048, 4, 2, 8, 8, True),  # Mixtral bf16 M = 1024
+                          (1536, 12, 1, 8, 64, True),  # DeepSeek-V2-Lite bf16 M = 256: 96 comparisons a thread
+                          (2048, 16, 4, 8, 256, False),  # DeepSeek-V3 bf16 M = 256: 128 a thread
+                          (4096, 4, 2, 8, 8, False),  # Mixtral bf16 M = 2048: the grid's 2**25
+                          (3072, 24, 1, 8, 64, False),  # DeepSeek-V2-Lite fp8 M = 512: 384 a thread, grid's 2**23
+                          (4096, 16, 1, 8, 128, False),  # Qwen3-30B bf16 M = 512: 256 a thread
+                          (2048, 2, 3, 8, 16, False),  # Llama-4-Scout M = 2048: the grid's 6.3 M route loads
+                          (2048, 8, 3, 8, 16, True),  # DBRX M = 512: 1.6 M
+                          (1024, 16, 2, 8, 64, False),  # Qwen2-57B M = 128: 64 a thread, 65 histogram columns
+                          (1024, 16, 4, 8, 256, True),  # DeepSeek-V3 M = 128: 64 a thread, 257 columns
+                          (1024, 8, 1, 4, 128, True),  # Qwen3-30B M = 128: 64 a thread, 8 routes a program
+                          (768, 8, 2, 4, 64, True)])  # Qwen2-57B M = 96: 48 a thread
 def test_the_direct_index_stops_where_the_grid_or_one_program_would_compare_too_many_routes(
-        routes, block_routes, grid_h, warps, fits, monkeypatch):
-    """On a GPU the unpadded one-launch permute gives way to count_kernel when all programs together, or any one
-    of them, would compare too many routes (the H100 and H200 runs named in direct_fits)."""
+        routes, block_routes, grid_h, warps, buckets, fits, monkeypatch):
+    """On a GPU the unpadded one-launch permute gives way to count_kernel (or, up to small_batch_routes, to each
+    program's own per-bucket count) when all programs together, or any one of them, would compare or load too many
+    routes (the H100 and H200 runs named in direct_fits)."""
     monkeypatch.setattr(_launch, "INTERPRETED", False)
-    assert _launch.direct_fits(routes, block_routes, grid_h, warps) is fits
+    assert _launch.direct_fits(routes, block_routes, grid_h, warps, buckets) is fits
 
 
 @pytest.mark.parametrize("case", [Case(6, 8, 256, 64, "bf16", align=16), Case(2, 8, 512, 64, "fp16", align=5)],
