@@ -38,13 +38,14 @@ def judged(old_root: Path, new_root: Path, gpu: str, skip: re.Pattern | None, sc
         for key in sorted(set(old.entries) & set(new.entries)):
             if skip and skip.search(f"{new_path.stem}::{key}"):
                 continue
-            old_uuid, new_uuid = old.environment_of(key).get("uuid"), new.environment_of(key).get("uuid")
-            band = None if old_uuid and old_uuid == new_uuid else DEFAULT_MACHINE_BAND
+            old_env, new_uuid = old.environment_of(key), str(new.environment_of(key).get("uuid") or "")
+            band = None if baselines.timed_on(old_env, new_uuid) else DEFAULT_MACHINE_BAND
             v = verdict.judge(new.entries[key]["samples_us"], old.entries[key]["samples_us"], threshold,
                               DEFAULT_NOISE_FLOOR_US, band)
             rows.append(dict(scenario=new_path.stem, key=key, op=key.split("[")[0], kind=v.kind.value,
                              ratio=v.ratio, band=v.band, old_us=old.entries[key]["median_us"],
-                             new_us=new.entries[key]["median_us"], old_uuid=old_uuid, new_uuid=new_uuid))
+                             new_us=new.entries[key]["median_us"], old_uuid=old_env.get("uuid"),
+                             new_uuid=new_uuid))
     return rows
 
 

@@ -41,7 +41,7 @@ def test_entries_of_both_are_judged_with_the_band_of_another_gpu(two_recordings,
 def test_on_one_gpu_the_threshold_alone_applies(tmp_path):
     old, new = tmp_path / "old", tmp_path / "new"
     record(old, "GPU-a", {"slower4[x]": entry(20.0)})
-    record(new, "GPU-a", {"slower4[x]": entry(20.8)})
+    record(new, "gpu-A", {"slower4[x]": entry(20.8)})  # uuids compared as the plugin does (baselines.timed_on)
     (row,) = baseline_drift.judged(old, new, GPU, None, Path("scenarios"))
     assert row["kind"] == "regression" and row["band"] == pytest.approx(0.02)
 
