@@ -109,7 +109,7 @@ def test_direct_launch_covers_every_offset_and_route(routes, buckets, block_rout
                           (1024, 16, 4, 8, 256, True),  # DeepSeek-V3 M = 128: 64 a thread, 257 columns
                           (1024, 8, 1, 4, 128, True),  # Qwen3-30B M = 128: 64 a thread, 8 routes a program
                           (768, 8, 2, 4, 64, True)])  # Qwen2-57B M = 96: 48 a thread
-def test_the_direct_index_stops_where_the_grid_or_one_program_would_compare_too_many_routes(
+def test_the_direct_index_stops_where_the_grid_or_one_program_would_compare_or_load_too_many_routes(
         routes, block_routes, grid_h, warps, buckets, fits, monkeypatch):
     """On a GPU the unpadded one-launch permute gives way to count_kernel (or, up to small_batch_routes, to each
     program's own per-bucket count) when all programs together, or any one of them, would compare or load too many
