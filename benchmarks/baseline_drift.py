@@ -20,11 +20,13 @@ from pathlib import Path
 
 from tabulate import tabulate
 
-from pytest_moeperf.gate import verdict
-from pytest_moeperf.gate.verdict import Kind
-from pytest_moeperf.spec import scenario as scenario_spec
-from pytest_moeperf.spec.settings import DEFAULT_MACHINE_BAND, DEFAULT_NOISE_FLOOR_US
-from pytest_moeperf.store import baselines
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from benchmarks import gate_stats  # noqa: E402
+from pytest_moeperf.gate import verdict  # noqa: E402
+from pytest_moeperf.gate.verdict import Kind  # noqa: E402
+from pytest_moeperf.spec import scenario as scenario_spec  # noqa: E402
+from pytest_moeperf.spec.settings import DEFAULT_MACHINE_BAND, DEFAULT_NOISE_FLOOR_US  # noqa: E402
+from pytest_moeperf.store import baselines  # noqa: E402
 
 
 def judged(old_root: Path, new_root: Path, gpu: str, skip: re.Pattern | None, scenarios_dir: Path) -> list[dict]:
@@ -76,9 +78,9 @@ def main(argv=None) -> int:
     table = [[op] + [counts[(op, k)] for k in kinds] for op in ops]
     table.append(["all"] + [sum(counts[(op, k)] for op in ops) for k in kinds])
     print(tabulate(table, headers=["op"] + kinds))
-    ratios = sorted(r["ratio"] for r in rows)
-    print(f"\n{len(rows)} entries; new / old median ratio p5 {ratios[len(ratios) // 20]:.3f}, "
-          f"median {ratios[len(ratios) // 2]:.3f}, p95 {ratios[-1 - len(ratios) // 20]:.3f}")
+    spread = ", ".join(f"{name} {'-' if x is None else f'{x:.3f}'}"
+                       for name, x in gate_stats.quantiles([r["ratio"] for r in rows]).items())
+    print(f"\n{len(rows)} entries; new / old median ratio {spread}")
     flagged = [r for r in rows if r["kind"] == Kind.REGRESSION.value]
     if flagged:
         print("\nflagged:")

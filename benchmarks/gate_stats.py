@@ -33,7 +33,7 @@ def _judged(results: list[dict]) -> list[dict]:
     return [r for r in results if r.get("baseline_median_us") is not None]
 
 
-def _quantiles(values: list[float]) -> dict:
+def quantiles(values: list[float]) -> dict:
     if len(values) < 2:
         return {"p5": None, "median": values[0] if values else None, "p95": None}
     q = statistics.quantiles(values, n=20, method="inclusive")
@@ -69,7 +69,7 @@ def detection(injected_runs: dict[float, list[list[dict]]], clean_runs: list[lis
                 by_class.setdefault(duration_class(r), []).append((r, realized))
         for cls, pairs in sorted(by_class.items()):
             hits = sum(flagged(r) for r, _ in pairs)
-            q = _quantiles([x for _, x in pairs if x is not None])
+            q = quantiles([x for _, x in pairs if x is not None])
             rows.append({"injected": fraction, "kernels": cls, "tests": len(pairs), "flagged": hits,
                          "rate": hits / len(pairs), "realized p5": q["p5"], "realized median": q["median"],
                          "realized p95": q["p95"]})
@@ -98,7 +98,7 @@ def ratio_spread(clean_runs: list[list[dict]], baseline_of: Callable[[dict], dic
     rows = []
     for measure, groups in (("median / baseline", raw), ("x copy-ceiling ratio", scaled)):
         for cls, ratios in sorted(groups.items()):
-            rows.append({"ratio": measure, "kernels": cls, "tests": len(ratios), **_quantiles(ratios),
+            rows.append({"ratio": measure, "kernels": cls, "tests": len(ratios), **quantiles(ratios),
                          "max |r - 1|": max(abs(x - 1) for x in ratios)})
     return rows
 
