@@ -209,5 +209,35 @@ def row_block(row_elems: int, num_rows: int, elem_bytes: int) -> tuple[int, int]
     return rows, cols
 
 
+def reduce_block(row_elems: int, num_tokens: int, topk: int, elem_bytes: int) -> tuple[int, int, int] | None:
+    """(tokens, columns, warps) of one unpermute program of a batch of 64 tokens or more, each with two routes or
+    more: one token, 16 bytes of each route's row a thread; columns up to 8 KiB of the row: where the batch's routes
+    read 128 MiB or more, the row's whole width, else the widest power of 2 that leaves under an eighth of the row's
+    columns masked; then halved down to 256 until the grid has 128 programs. Narrow rows: tokens up to a
+    256-element tile. None elsewhere (row_block's tile is kept), and under the interpreter, where the CPU tests keep
+    row_block's tiles of many tokens (fewer programs to run).
+
+    From H100 runs (benchmarks/results/2026-12-06-h100-unpermute-tile.md): in the A/B gate against row_block's tile
+    (2 tokens x 2048 columns at H = 4096, 32 bytes a thread) 280 unpermutes of 64-4096 tokens over ten shapes ran
+    at 0.78-1.12 x, median 0.978, 147 faster, 4 slower (Qwen3-235B at 512 tokens 1.02-1.12 x, Qwen3-30B at 1024
+    1.04 x); below 64 tokens this tile (one or two warps) ran up to 10% slower, so those keep row_block's (four
+    warps). Past 128 MiB the whole-row tile beat the narrower one by up to 2% (Qwen2-57B, DeepSeek-V3 at 4096
+    tokens), below it the narrower one beat the whole row by up to 13% (DBRX, 512 tokens). One route a token
+    (Llama 4) ran up to 5% slower with this tile (22% with the whole row), and is left to row_block."""
+    if INTERPRETED or topk < 2 or num_tokens < 64:
+        return None
+    cols = min(next_pow2(row_elems), 8192 // elem_bytes)
+    if num_tokens * topk * row_elems * elem_bytes < 128 << 20:
+        while cols > 256 and (-(-row_elems // cols) * cols - row_elems) * 8 > row_elems:
+            cols //= 2
+    tokens = max(1, 256 // cols)
+    while -(-num_tokens // tokens) * -(-row_elems // cols) < 128 and tokens * cols > 256:
+        if tokens > 1:
+            tokens //= 2
+        else:
+            cols //= 2
+    return tokens, cols, max(1, min(16, tokens * cols * elem_bytes // 16 // 32))
+
+
 def num_warps(tile_elems: int) -> int:
     return 4 if tile_elems <= 2048 else 8

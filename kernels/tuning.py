@@ -70,7 +70,11 @@ def config_name(op: str, H: int, k: int, dtype: torch.dtype, device: str, E: int
 def default_config(op: str, H: int, M: int, k: int, elem_bytes: int) -> dict:
     """The config without a tuned entry: _launch.row_block's tile, within what problem_with allows (a permute ranks
     at most MOST_ROUTES_RANKED routes per program: narrow rows would otherwise get tiles of hundreds of tokens, whose
-    pairwise ranking takes Triton a minute to compile)."""
+    pairwise ranking takes Triton a minute to compile). The unpermutes take _launch.reduce_block's tile where it
+    gives one."""
+    tile = None if op == "permute" else _launch.reduce_block(H, M, k, elem_bytes)
+    if tile is not None:
+        return dict(zip(("BLOCK_T", "BLOCK_H", "num_warps"), tile))
     block_t, block_h = _launch.row_block(H, M, elem_bytes)
     if op == "permute":
         while block_t > 1 and block_t * k > MOST_ROUTES_RANKED:
