@@ -211,19 +211,19 @@ def row_block(row_elems: int, num_rows: int, elem_bytes: int) -> tuple[int, int]
 
 def reduce_block(row_elems: int, num_tokens: int, topk: int, elem_bytes: int) -> tuple[int, int, int] | None:
     """(tokens, columns, warps) of one unpermute program of a batch of 64 tokens or more, each with two routes or
-    more: one token, 16 bytes of each route's row a thread; columns up to 8 KiB of the row: where the batch's routes
-    read 128 MiB or more, the row's whole width, else the widest power of 2 that leaves under an eighth of the row's
-    columns masked; then halved down to 256 until the grid has 128 programs. Narrow rows: tokens up to a
-    256-element tile. None elsewhere (row_block's tile is kept), and under the interpreter, where the CPU tests keep
-    row_block's tiles of many tokens (fewer programs to run).
+    more: one token, 16 bytes of each route's row a thread, columns up to 8 KiB of the row (the widest power of 2
+    that leaves under an eighth of the row's columns masked, unless the batch's routes read 128 MiB or more, where
+    the row's whole width is kept), halved down to 256 until the grid has 128 programs; narrow rows: tokens up to
+    a 256-element tile. None elsewhere (row_block's tile is kept), and under the interpreter, where the CPU tests
+    keep row_block's tiles of many tokens (fewer programs to run).
 
     From H100 runs (benchmarks/results/2026-12-06-h100-unpermute-tile.md): in the A/B gate against row_block's tile
-    (2 tokens x 2048 columns at H = 4096, 32 bytes a thread) 280 unpermutes of 64-4096 tokens over ten shapes ran
-    at 0.78-1.12 x, median 0.978, 147 faster, 4 slower (Qwen3-235B at 512 tokens 1.02-1.12 x, Qwen3-30B at 1024
-    1.04 x); below 64 tokens this tile (one or two warps) ran up to 10% slower, so those keep row_block's (four
-    warps). Past 128 MiB the whole-row tile beat the narrower one by up to 2% (Qwen2-57B, DeepSeek-V3 at 4096
-    tokens), below it the narrower one beat the whole row by up to 13% (DBRX, 512 tokens). One route a token
-    (Llama 4) ran up to 5% slower with this tile (22% with the whole row), and is left to row_block."""
+    (2 tokens x 2048 columns at H = 4096, 32 bytes a thread) 250 unpermutes of 64-4096 tokens over ten shapes ran
+    at 0.79-1.06 x, median 0.974 (Qwen3-235B at 512 tokens 1.02-1.06 x, the only ones slower by over 1%); below 64
+    tokens this tile (one or two warps) ran up to 10% slower, so those keep row_block's (four warps). Past 128 MiB
+    the whole-row tile beat the narrower one by up to 2% (Qwen2-57B, DeepSeek-V3 at 4096 tokens), below it the
+    narrower one beat the whole row by up to 13% (DBRX, 512 tokens). One route a token (Llama 4) ran up to 5%
+    slower with this tile (22% with the whole row), and is left to row_block."""
     if INTERPRETED or topk < 2 or num_tokens < 64:
         return None
     cols = min(next_pow2(row_elems), 8192 // elem_bytes)
