@@ -5,10 +5,11 @@ bucket (bucket sizes rounded up to ROUND, prefix-summed; buckets >= NB start at 
 the routes of that bucket before r. Rows inside a bucket are therefore in ascending route order, and the result is
 deterministic. Two ways to get there:
 
-- small batches (align_index_kernel, and permute_fused_kernel in _rows.py): a program that owns the routes [lo, hi)
-  counts the buckets of ALL routes and of those before lo (bucket_counts: the topk ids are a few kilobytes, in L2
-  after the first program reads them), then ranks its own routes (place_routes). No other launch, no communication
-  between programs; the redundant counting grows with R times the grid, so this is for R <= small_batch_routes().
+- small batches (permute_fused_kernel in _rows.py): a program that owns the routes [lo, hi) counts the buckets of
+  ALL routes and of those before lo (bucket_counts: the topk ids are a few kilobytes, in L2 after the first program
+  reads them), then ranks its own routes (place_routes). No other launch, no communication between programs; the
+  redundant counting grows with R times the grid, so this is for R <= small_batch_routes(). moe_align_block_size,
+  which moves no rows, gives each program an expert instead (align_bucket_kernel): one histogram, no ranking square.
 - large batches (count_kernel): each program counts one chunk's routes a sub-block at a time, writing the counts
   before each sub-block and the chunk's histogram; the last program to finish (a ticket counter) turns the
   histograms into per-chunk bases and each bucket's first row. A route's row is then first[bucket] + base[chunk,
@@ -200,39 +201,47 @@ def finish_align(expert_ids_ptr, ntpp_ptr, V, ROUND, num_blocks, pid, nprog, BLO
 
 
 @triton.jit
-def align_index_kernel(topk_ptr, map_ptr, sorted_ptr, expert_ids_ptr, ntpp_ptr, R, E, ROUND, P, num_blocks, SPAN,
-                       MAP_EXPERT_IDS: tl.constexpr, HAS_PAD: tl.constexpr, PAD_COLS: tl.constexpr,
-                       W: tl.constexpr, CH: tl.constexpr, SUB: tl.constexpr, FILL_BLOCK: tl.constexpr,
-                       PAIRS: tl.constexpr, RP: tl.constexpr):
-    """moe_align_block_size of a small batch in one launch: program p places the routes [p*SPAN, (p+1)*SPAN)
-    (programs past R only help write the tail). The buckets are the global experts; expert_ids are mapped through
-    map_ptr with MAP_EXPERT_IDS (-1 for non-local experts), -1 past the last used block. PAIRS: R <= RP, rows from
-    pairwise comparisons (pair_sizes) instead of per-bucket counts."""
+def align_bucket_kernel(topk_ptr, map_ptr, sorted_ptr, expert_ids_ptr, ntpp_ptr, R, E, ROUND, P, num_blocks,
+                        MAP_EXPERT_IDS: tl.constexpr, W: tl.constexpr, CH: tl.constexpr, PAD_BLOCK: tl.constexpr,
+                        FILL_BLOCK: tl.constexpr):
+    """moe_align_block_size of a small batch in one launch, program b for expert b: it counts the routes of every
+    expert (one histogram of W >= E columns, CH routes a step; dropped routes are never placed, so they have no
+    column), starts its expert's region after the rounded sizes of the experts below, stores the expert's routes in
+    ascending route order (their ranks a running cumulative sum over the routes), its padding and its blocks'
+    expert ids (mapped through map_ptr with MAP_EXPERT_IDS). Every program writes a share of the tail: R past the
+    last region, -1 past the last used block. With R <= CH the ids are loaded once."""
     pid = tl.program_id(0)
     nprog = tl.num_programs(0)
-    lo = pid * SPAN
-    hi = tl.minimum(lo + SPAN, R)
-    if PAIRS:
-        bj, size, V = pair_sizes(topk_ptr, map_ptr, R, E, E, ROUND, False, RP)
-    else:
-        total, before = bucket_counts(topk_ptr, map_ptr, R, E, E, lo, False, W, CH)
-        starts, sizes, V = bucket_starts(total, E, ROUND, W)
-        run = starts + before
-    for s0 in range(lo, hi, SUB):
-        r = s0 + tl.arange(0, SUB)
-        valid = r < hi
-        bucket = route_bucket(topk_ptr, map_ptr, r, valid, E, E, False)
-        if PAIRS:
-            row, end, pad = pair_rows(bj, size, bucket, r, ROUND, RP)
+    r = tl.arange(0, CH)
+    bucket = route_bucket(topk_ptr, map_ptr, r, r < R, E, E, False)
+    counts = tl.histogram(tl.where(bucket < E, bucket, 0), W, mask=bucket < E)
+    for c0 in range(CH, R, CH):
+        more = route_bucket(topk_ptr, map_ptr, c0 + r, c0 + r < R, E, E, False)
+        counts += tl.histogram(tl.where(more < E, more, 0), W, mask=more < E)
+    b = tl.arange(0, W)
+    sizes = tl.where(b < E, (counts + ROUND - 1) // ROUND * ROUND, 0)
+    V = tl.sum(sizes, axis=0)
+    count = tl.sum(tl.where(b == pid, counts, 0), axis=0)
+    if count > 0:
+        row = tl.sum(tl.where(b < pid, sizes, 0), axis=0)
+        start = row
+        for c0 in range(0, R, CH):
+            if c0 > 0:
+                bucket = route_bucket(topk_ptr, map_ptr, c0 + r, c0 + r < R, E, E, False)
+            mine = (bucket == pid).to(tl.int32)
+            tl.store(sorted_ptr + row + tl.cumsum(mine, axis=0) - 1, c0 + r, mask=mine > 0)
+            row += tl.sum(mine, axis=0)
+        end = start + (count + ROUND - 1) // ROUND * ROUND
+        for j0 in range(row, end, PAD_BLOCK):
+            j = j0 + tl.arange(0, PAD_BLOCK)
+            tl.store(sorted_ptr + j, tl.zeros([PAD_BLOCK], dtype=tl.int32) + R, mask=j < end)
+        if MAP_EXPERT_IDS:
+            expert = tl.load(map_ptr + pid).to(tl.int32)
         else:
-            row, run = place_routes(bucket, valid, run, W, SUB)
-        keep = valid & (bucket < E)
-        store_align_routes(sorted_ptr, expert_ids_ptr, map_ptr, r, bucket, row, keep, ROUND, MAP_EXPERT_IDS)
-        if HAS_PAD:
-            if not PAIRS:
-                end = tl.gather(starts + total, bucket, 0)
-                pad = tl.gather(sizes - total, bucket, 0)
-            write_padding(sorted_ptr, bucket, row, keep, end, pad, ROUND, R, True, PAD_COLS)
+            expert = pid
+        for k0 in range(start // ROUND, end // ROUND, PAD_BLOCK):
+            k = k0 + tl.arange(0, PAD_BLOCK)
+            tl.store(expert_ids_ptr + k, tl.zeros([PAD_BLOCK], dtype=tl.int32) + expert, mask=k < end // ROUND)
     fill_tail(sorted_ptr, V, P, R, pid, nprog, FILL_BLOCK)
     finish_align(expert_ids_ptr, ntpp_ptr, V, ROUND, num_blocks, pid, nprog, FILL_BLOCK)
 

@@ -39,19 +39,29 @@ def hist_width(num_buckets: int) -> int:
     return next_pow2(num_buckets + 1)
 
 
-def sub_block(num_routes: int | None = None) -> int:
+def sub_block() -> int:
     """Routes ranked together: by place_routes (a sub_block x sub_block comparison), and after count_kernel, which
-    counts its chunks a sub-block at a time, by block_rank within a sub-block. With num_routes (align_index_kernel),
-    fewer when that spreads a small batch over more programs."""
-    most = 32 if INTERPRETED else 128
-    if num_routes is None or INTERPRETED:
-        return most
-    return max(16, min(most, next_pow2(-(-num_routes // 128))))
+    counts its chunks a sub-block at a time, by block_rank within a sub-block."""
+    return 32 if INTERPRETED else 128
 
 
 def count_block(num_routes: int) -> int:
     """Routes histogrammed per step by bucket_counts."""
     return max(16, min(next_pow2(num_routes), 64 if INTERPRETED else 1024))
+
+
+def align_chunk(num_routes: int) -> int:
+    """Routes one program of the one-launch align counts per step (_index.align_bucket_kernel): all of a small
+    batch's at once (16 under the interpreter, so that the CPU tests take several steps)."""
+    return 16 if INTERPRETED else max(16, min(next_pow2(num_routes), 1024))
+
+
+def align_warps(num_routes: int, num_experts: int) -> int:
+    """Warps of a program of the one-launch align: 8 where a few programs (16 experts or fewer) each count more than
+    512 routes, else 4. H100 (benchmarks/results/2026-12-06-h100-align-bucket.md): Mixtral's 1024 routes 3.19 us with
+    8 warps, 3.38-3.61 with 4; with 256 experts (two programs an SM) 8 warps ran 1.09-1.20 x slower at 8-1024 routes,
+    with 8 experts 1.02-1.06 x at 2-128."""
+    return 8 if num_experts <= 16 and num_routes > 512 else 4
 
 
 def most_chunks(width: int) -> int:
@@ -97,7 +107,7 @@ def fill_block() -> int:
 
 
 def small_batch_routes() -> int:
-    """Largest R whose index every program builds on its own (align_index_kernel, permute_fused_kernel): one launch.
+    """Largest R whose index every program builds on its own (permute_fused_kernel, align_bucket_kernel): one launch.
     The unpadded permute goes further, while direct_fits().
 
     Each of those programs counts all R routes, so the redundant work grows with R times the grid; above this
@@ -183,15 +193,6 @@ def fill_programs(fill_slots: int, device: torch.device) -> int:
     return max(1, min(_most_programs(device), -(-fill_slots // fill_block())))
 
 
-def index_programs(num_routes: int, fill_slots: int, device: torch.device) -> tuple[int, int]:
-    """(programs, routes per program) of align_index_kernel: up to one program per SM, each owning whole sub-blocks of
-    routes, and enough programs (some owning no routes) to share the writing of the tail."""
-    sub = sub_block(num_routes)
-    programs = max(1, min(_most_programs(device), -(-num_routes // sub)))
-    span = -(-(-(-num_routes // programs)) // sub) * sub
-    return max(programs, fill_programs(fill_slots, device)), span
-
-
 def row_block(row_elems: int, num_rows: int, elem_bytes: int) -> tuple[int, int]:
     """(rows, columns) of one program of the row-moving kernels over num_rows rows: 8 KiB tiles, smaller for small
     batches so that the grid still has programs enough to keep many SMs loading."""
@@ -212,10 +213,10 @@ def row_block(row_elems: int, num_rows: int, elem_bytes: int) -> tuple[int, int]
 def reduce_block(row_elems: int, num_tokens: int, topk: int, elem_bytes: int) -> tuple[int, int, int] | None:
     """(tokens, columns, warps) of one unpermute program of a batch of 64 tokens or more, each with two routes or
     more: one token, 16 bytes of each route's row a thread, columns up to 8 KiB of the row (the widest power of 2
-    that leaves under an eighth of the row's columns masked, unless the batch's routes read 128 MiB or more, where
-    the row's whole width is kept), halved down to 256 until the grid has 128 programs; narrow rows: tokens up to
-    a 256-element tile. None elsewhere (row_block's tile is kept), and under the interpreter, where the CPU tests
-    keep row_block's tiles of many tokens (fewer programs to run).
+    that leaves under an eighth of the row's columns masked and keeps the k routes' tiles within 32 KiB, unless the
+    batch's routes read 128 MiB or more, where the row's whole width is kept), halved down to 256 until the grid has
+    128 programs; narrow rows: tokens up to a 256-element tile. None elsewhere (row_block's tile is kept), and under
+    the interpreter, where the CPU tests keep row_block's tiles of many tokens (fewer programs to run).
 
     From H100 runs (benchmarks/results/2026-12-06-h100-unpermute-tile.md): in the A/B gate against row_block's tile
     (2 tokens x 2048 columns at H = 4096, 32 bytes a thread) 250 unpermutes of 64-4096 tokens over ten shapes ran
@@ -223,12 +224,15 @@ def reduce_block(row_elems: int, num_tokens: int, topk: int, elem_bytes: int) ->
     tokens this tile (one or two warps) ran up to 10% slower, so those keep row_block's (four warps). Past 128 MiB
     the whole-row tile beat the narrower one by up to 2% (Qwen2-57B, DeepSeek-V3 at 4096 tokens), below it the
     narrower one beat the whole row by up to 13% (DBRX, 512 tokens). One route a token (Llama 4) ran up to 5%
-    slower with this tile (22% with the whole row), and is left to row_block."""
+    slower with this tile (22% with the whole row), and is left to row_block. The 32 KiB bound halves Qwen3-235B's
+    tile (8 routes of 4096 columns) below 128 MiB: 16 unpermutes of 128-1024 tokens ran 0.93-1.01 x (median 0.988)
+    in the A/B gate against the whole row (benchmarks/results/2026-12-06-h100-align-bucket.md)."""
     if INTERPRETED or topk < 2 or num_tokens < 64:
         return None
     cols = min(next_pow2(row_elems), 8192 // elem_bytes)
     if num_tokens * topk * row_elems * elem_bytes < 128 << 20:
-        while cols > 256 and (-(-row_elems // cols) * cols - row_elems) * 8 > row_elems:
+        while cols > 256 and ((-(-row_elems // cols) * cols - row_elems) * 8 > row_elems
+                              or topk * cols * elem_bytes > 32768):
             cols //= 2
     tokens = max(1, 256 // cols)
     while -(-num_tokens // tokens) * -(-row_elems // cols) < 128 and tokens * cols > 256:

@@ -77,12 +77,11 @@ def launch_index(topk_flat: torch.Tensor, expert_map: torch.Tensor | None, num_e
     map_or_ids = topk_flat if expert_map is None else expert_map
     meta = index_args(num_buckets, round_to, expert_map is not None, is_align)
     if is_align and is_small(R):
-        programs, span = _launch.index_programs(R, slots.numel(), topk_flat.device)
-        _index.align_index_kernel[(programs,)](
+        _index.align_bucket_kernel[(num_experts,)](
             topk_flat, map_or_ids, slots, expert_ids, head, R, num_experts, round_to, slots.numel(),
-            expert_ids.numel(), span, MAP_EXPERT_IDS=meta["MAP_EXPERT_IDS"], HAS_PAD=meta["HAS_PAD"],
-            PAD_COLS=meta["PAD_COLS"], W=meta["W"], SUB=_launch.sub_block(R), FILL_BLOCK=meta["FILL_BLOCK"],
-            num_warps=4, **_launch.small_index_meta(R, num_experts))
+            expert_ids.numel(), MAP_EXPERT_IDS=meta["MAP_EXPERT_IDS"], W=_launch.next_pow2(num_experts),
+            CH=_launch.align_chunk(R), PAD_BLOCK=_launch.pad_cols(round_to), FILL_BLOCK=meta["FILL_BLOCK"],
+            num_warps=_launch.align_warps(R, num_experts))
         return None, None
     shape = CountShape(R, num_buckets)
     pdl = _launch.pdl(topk_flat.device)

@@ -74,7 +74,7 @@ def default_config(op: str, H: int, M: int, k: int, elem_bytes: int) -> dict:
     gives one."""
     tile = None if op == "permute" else _launch.reduce_block(H, M, k, elem_bytes)
     if tile is not None:
-        return dict(zip(("BLOCK_T", "BLOCK_H", "num_warps"), tile))
+        return dict(zip(KEYS, tile))
     block_t, block_h = _launch.row_block(H, M, elem_bytes)
     if op == "permute":
         while block_t > 1 and block_t * k > MOST_ROUTES_RANKED:

@@ -84,6 +84,11 @@ def main() -> int:
                                                                 out_scale_ptr="fp32", offsets_ptr="i64"),
                                {**fused, **how}, aligned=False, num_warps=4)
         print(f"permute_fused_kernel DIRECT={how['DIRECT']} PAIRS={how['PAIRS']}: {len(k.asm['cubin'])} bytes")
+    # The one-launch align: one expert (a one-column histogram) and 256 experts.
+    for width in (1, 256):
+        compile_for_hopper(_index.align_bucket_kernel, {}, dict(MAP_EXPERT_IDS=True, W=width, CH=1024, PAD_BLOCK=64,
+                                                                FILL_BLOCK=1024), aligned=False, num_warps=4)
+        print(f"align_bucket_kernel W={width}: compiled")
     return 0
 
 

@@ -18,6 +18,11 @@ CASES = [  # (case, block_size, pad_sorted_ids)
     (Case(40, 4, 16, 1, routing="invalid"), 16, True),
     (Case(300, 8, 256, 1, routing="sparse"), 16, True),  # count_kernel with many chunks
     (Case(50, 3, 7, 1), 5, False),  # block size not a power of two
+    # The one-launch align (a program per expert) over several steps of routes (16 a step under the interpreter):
+    (Case(7, 8, 16, 1, routing="invalid"), 16, True),
+    (Case(6, 8, 256, 1, ep=(4, 1)), 128, False),
+    (Case(16, 4, 8, 1, routing="one_expert"), 5, True),
+    (Case(9, 6, 60, 1, routing="zipf"), 1, False),
 ]
 
 

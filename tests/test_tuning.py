@@ -49,6 +49,8 @@ def test_the_default_config_is_one_that_problem_with_accepts_at_every_shape(monk
     (7168, 512, 8, 2, (1, 1024, 4)),  # DeepSeek-V3 under 128 MiB of reads: 7 x 1024 columns, none masked
     (7168, 4096, 8, 2, (1, 4096, 16)),  # 448 MiB: the row's whole width (a quarter of the second block masked)
     (3584, 2048, 8, 2, (1, 512, 2)),  # Qwen2-57B, 112 MiB: 7 x 512
+    (4096, 512, 8, 2, (1, 2048, 8)),  # Qwen3-235B, 32 MiB: eight routes' tiles of 4096 columns would pass 32 KiB
+    (4096, 2048, 8, 2, (1, 4096, 16)),  # 128 MiB: the whole row, whatever the routes' tiles
     (2048, 64, 8, 2, (1, 1024, 4)),  # 64 tokens: columns halved until the grid has 128 programs
     (7168, 256, 8, 4, (1, 1024, 8)),  # fp32 rows: 8 KiB is 2048 columns; 16 bytes a thread
     (96, 4096, 2, 2, (2, 128, 1)),  # narrow rows: tokens up to a 256-element tile
