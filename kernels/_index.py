@@ -27,7 +27,10 @@ their histograms, prefix sum and gathers, not the rows, are most of a program's 
   routes for its own (direct_index), while _launch.direct_fits();
 - with padding, batches of up to pair_routes() routes compare every route with every other (pair_sizes, pair_rows,
   pair_offsets).
-Either way nothing is wider than the batch and the cost does not grow with the experts.
+Either way nothing is wider than the batch and the cost does not grow with the experts. Past those, where the counts
+are wide and a program's routes few (_launch.rank_fits), a program keeps one histogram, of the real buckets only
+(route_totals; 256 columns for 256 experts where bucket_counts takes 512, twice), and ranks its routes by comparing
+them with the routes before them (bucket_ranks) instead of counting the routes before its own per bucket.
 """
 import triton
 import triton.language as tl
@@ -69,6 +72,30 @@ def bucket_counts(topk_ptr, map_ptr, R, E, NB, lo, HAS_MAP: tl.constexpr, W: tl.
         m = r < R
         total = total + tl.histogram(route_bucket(topk_ptr, map_ptr, r, m, E, NB, HAS_MAP), W, mask=m)
     return total, before
+
+
+@triton.jit
+def route_totals(topk_ptr, map_ptr, R, E, NB, HAS_MAP: tl.constexpr, W: tl.constexpr, CH: tl.constexpr):
+    """Routes of each real bucket among all R routes: one histogram of W >= NB columns, CH routes a step (dropped
+    routes have no column)."""
+    total = tl.zeros([W], dtype=tl.int32)
+    for c0 in range(0, R, CH):
+        r = c0 + tl.arange(0, CH)
+        bucket = route_bucket(topk_ptr, map_ptr, r, r < R, E, NB, HAS_MAP)
+        total += tl.histogram(tl.where(bucket < NB, bucket, 0), W, mask=bucket < NB)
+    return total
+
+
+@triton.jit
+def bucket_ranks(topk_ptr, map_ptr, bucket, r, hi, E, NB, HAS_MAP: tl.constexpr, CH: tl.constexpr):
+    """Rank of each route r < hi in its bucket (dropped routes too, among themselves): the routes j < r of the same
+    bucket, compared CH at a time. Nothing as wide as the buckets; the cost grows with the routes ranked times hi."""
+    rank = tl.zeros_like(r)
+    for c0 in range(0, hi, CH):
+        j = c0 + tl.arange(0, CH)
+        bj = route_bucket(topk_ptr, map_ptr, j, j < hi, E, NB, HAS_MAP)
+        rank += tl.sum(((bj[None, :] == bucket[:, None]) & (j[None, :] < r[:, None])).to(tl.int32), axis=1)
+    return rank
 
 
 @triton.jit

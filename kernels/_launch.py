@@ -150,12 +150,30 @@ def direct_fits(num_routes: int, block_routes: int, grid_h: int, warps: int, num
     return grid <= 1 << 24 and grid // sub <= 1 << 22 and per_thread < 128
 
 
-def small_index_meta(num_routes: int, num_buckets: int) -> dict:
-    """How the one-launch kernels build the index of num_routes routes over num_buckets experts: PAIRS (compare
-    the routes pairwise), RP (the routes rounded up to a power of 2), CH (routes counted per step otherwise)."""
+def rank_fits(num_routes: int, num_buckets: int, block_routes: int, warps: int) -> bool:
+    """Whether the one-launch permute, past pair_routes(), ranks each program's routes by comparing them with the
+    routes before them (_index.bucket_ranks) rather than counting the routes of every bucket before the program's
+    (a second histogram) and ranking its own in a square: where the histogram is wide (as pair_routes(): 128 columns
+    or more; without the dropped routes' column 256 experts take 256, not 512) and one program compares at most 64
+    routes a thread."""
+    return hist_width(num_buckets) >= 128 and next_pow2(block_routes) * num_routes <= 64 * 32 * warps
+
+
+def small_index_meta(num_routes: int, num_buckets: int, block_routes: int, warps: int) -> dict:
+    """How the one-launch permute builds the index of num_routes routes over num_buckets experts when it does not
+    count rows straight from the routes: PAIRS (compare the routes pairwise; RP, the routes rounded up to a power
+    of 2), else a histogram of W columns, CH routes a step, and with RANKS (rank_fits) the routes' ranks compared
+    RC at a time (a [SUB x RC] tile of at most 32 entries a thread)."""
+    sub = next_pow2(block_routes)
     if num_routes <= pair_routes(num_buckets):
-        return dict(PAIRS=True, RP=next_pow2(max(num_routes, 16)), CH=16)
-    return dict(PAIRS=False, RP=1, CH=count_block(num_routes))
+        how = dict(PAIRS=True, RP=next_pow2(max(num_routes, 16)), CH=16, RANKS=False, RC=1)
+    elif rank_fits(num_routes, num_buckets, block_routes, warps):
+        how = dict(PAIRS=False, RP=1, CH=count_block(num_routes), RANKS=True,
+                   RC=max(16, min(next_pow2(num_routes), tile_width(block_routes, warps))))
+    else:
+        how = dict(PAIRS=False, RP=1, CH=count_block(num_routes), RANKS=False, RC=1)
+    return dict(how, DIRECT=False, EB=1, SUB=sub,
+                W=next_pow2(num_buckets) if how["RANKS"] else hist_width(num_buckets))
 
 
 def direct_meta(num_routes: int, num_buckets: int, block_routes: int, programs: int, warps: int) -> dict:
@@ -166,7 +184,8 @@ def direct_meta(num_routes: int, num_buckets: int, block_routes: int, programs: 
     routes 1.49 x slower so)."""
     sub = next_pow2(block_routes)
     ch = max(16, min(next_pow2(num_routes), tile_width(block_routes, warps)))
-    return dict(DIRECT=True, EB=next_pow2(-(-(num_buckets + 1) // programs)), SUB=sub, PAIRS=False, RP=1, CH=ch)
+    return dict(DIRECT=True, EB=next_pow2(-(-(num_buckets + 1) // programs)), SUB=sub, PAIRS=False, RP=1, CH=ch,
+                RANKS=False, RC=1, W=hist_width(num_buckets))
 
 
 @functools.lru_cache(maxsize=None)

@@ -8,8 +8,9 @@ overflow. They move raw bits (the caller passes integer views), so every dtype, 
 import triton
 import triton.language as tl
 
-from ._index import (block_rank, bucket_counts, bucket_starts, chunk_rows, direct_index, fill_tail, pair_offsets,
-                     pair_rows, pair_sizes, place_routes, route_bucket, table_padding, write_padding)
+from ._index import (block_rank, bucket_counts, bucket_ranks, bucket_starts, chunk_rows, direct_index, fill_tail,
+                     pair_offsets, pair_rows, pair_sizes, place_routes, route_bucket, route_totals, table_padding,
+                     write_padding)
 
 
 @triton.jit
@@ -100,11 +101,13 @@ def permute_fused_kernel(topk_ptr, map_ptr, x_ptr, out_ptr, inv_ptr, m_idx_ptr, 
                          HAS_PAD: tl.constexpr, PAD_COLS: tl.constexpr, W: tl.constexpr, CH: tl.constexpr,
                          SUB: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_S: tl.constexpr,
                          FILL_BLOCK: tl.constexpr, PAIRS: tl.constexpr, RP: tl.constexpr, DIRECT: tl.constexpr,
-                         EB: tl.constexpr):
+                         EB: tl.constexpr, RANKS: tl.constexpr, RC: tl.constexpr):
     """moe_permute in one launch: every program builds the index of its own tokens' routes (see _index.py; DIRECT:
-    no padding, rows counted straight from the routes; PAIRS: R <= RP, by pairwise comparisons), writes it from
-    program column 0, and copies its tile; all programs share the tail and the offsets (DIRECT: EB offsets each),
-    and programs past the last token only do that."""
+    no padding, rows counted straight from the routes; PAIRS: R <= RP, by pairwise comparisons; else the buckets'
+    sizes from a histogram of W columns, and each route's rank in its bucket either compared with the routes
+    before it, RC a step (RANKS: W needs no column for dropped routes), or from the buckets' counts before the
+    program's routes and a square of its own), writes it from program column 0, and copies its tile; all programs
+    share the tail and the offsets (DIRECT: EB offsets each), and programs past the last token only do that."""
     pid_t = tl.program_id(0)
     pid_h = tl.program_id(1)
     pid = pid_t * tl.num_programs(1) + pid_h
@@ -128,9 +131,17 @@ def permute_fused_kernel(topk_ptr, map_ptr, x_ptr, out_ptr, inv_ptr, m_idx_ptr, 
         bj, size, V = pair_sizes(topk_ptr, map_ptr, R, E, L, ROUND, MAP_BUCKETS, RP)
         row, end, pad = pair_rows(bj, size, bucket, r, ROUND, RP)
     else:
-        total, before = bucket_counts(topk_ptr, map_ptr, R, E, L, lo, MAP_BUCKETS, W, CH)
-        starts, sizes, V = bucket_starts(total, L, ROUND, W)
-        row, _ = place_routes(bucket, valid, starts + before, W, SUB)
+        if RANKS:
+            column = tl.minimum(bucket, W - 1)  # W may have no column for dropped routes (their rows start at V)
+            total = route_totals(topk_ptr, map_ptr, R, E, L, MAP_BUCKETS, W, CH)
+            starts, sizes, V = bucket_starts(total, L, ROUND, W)
+            rank = bucket_ranks(topk_ptr, map_ptr, bucket, r, tl.minimum(lo + BLOCK_T * K, R), E, L, MAP_BUCKETS, RC)
+            row = tl.where(local, tl.gather(starts, column, 0), V) + rank
+        else:
+            total, before = bucket_counts(topk_ptr, map_ptr, R, E, L, lo, MAP_BUCKETS, W, CH)
+            starts, sizes, V = bucket_starts(total, L, ROUND, W)
+            row, _ = place_routes(bucket, valid, starts + before, W, SUB)
+            column = bucket
     if pid_h == 0:
         tl.store(inv_ptr + r, row, mask=valid)
         if DIRECT:
@@ -140,8 +151,8 @@ def permute_fused_kernel(topk_ptr, map_ptr, x_ptr, out_ptr, inv_ptr, m_idx_ptr, 
             tl.store(m_idx_ptr + row, bucket, mask=local)
             if HAS_PAD:
                 if not PAIRS:
-                    end = tl.gather(starts + total, bucket, 0)
-                    pad = tl.gather(sizes - total, bucket, 0)
+                    end = tl.gather(starts + total, column, 0)
+                    pad = tl.gather(sizes - total, column, 0)
                 write_padding(m_idx_ptr, bucket, row, local, end, pad, ROUND, 0, False, PAD_COLS)
     store_tile_routes(out_ptr, out_scale_ptr, v, sv, tm, row, local, H, S, pid_h, stride_out, stride_os,
                       K, HAS_SCALE, BLOCK_T, BLOCK_H, BLOCK_S)
@@ -152,6 +163,8 @@ def permute_fused_kernel(topk_ptr, map_ptr, x_ptr, out_ptr, inv_ptr, m_idx_ptr, 
         elif pid == 0:
             b = tl.arange(0, W)
             tl.store(offsets_ptr + b, starts.to(tl.int64), mask=b <= L)
+            if RANKS:
+                tl.store(offsets_ptr + L, V.to(tl.int64))  # W may have no column L
 
 
 @triton.jit

@@ -84,7 +84,7 @@ def moe_permute(hidden_states: torch.Tensor, a1q_scale: torch.Tensor | None, top
     copy_meta = dict(HAS_SCALE=S > 0, BLOCK_T=block_t, BLOCK_H=block_h, BLOCK_S=_launch.next_pow2(max(S, 1)),
                      num_warps=config["num_warps"])
     index_meta = dict(K=k, MAP_BUCKETS=expert_map is not None, HAS_PAD=(A or 1) > 1,
-                      PAD_COLS=_launch.pad_cols(A or 1), W=_launch.hist_width(L))
+                      PAD_COLS=_launch.pad_cols(A or 1))
     # Unpadded, rows counted straight from the routes (direct_meta) while that costs less than the other ways.
     direct = ((A or 1) == 1 and _launch.direct_fits(R, block_t * k, grid_h, config["num_warps"], L)
               and (L + 2) * R < 2**31)
@@ -95,7 +95,7 @@ def moe_permute(hidden_states: torch.Tensor, a1q_scale: torch.Tensor | None, top
         if direct:
             how = _launch.direct_meta(R, L, block_t * k, grid[0] * grid[1], config["num_warps"])
         else:
-            how = dict(DIRECT=False, EB=1, SUB=_launch.next_pow2(block_t * k), **_launch.small_index_meta(R, L))
+            how = _launch.small_index_meta(R, L, block_t * k, config["num_warps"])
         _rows.permute_fused_kernel[grid](
             topk_flat, map_or_ids, x_bits, out_bits, out["inv"], out["m_indices"], out["offsets"], scale_src,
             scale_dst, M, n_expert, L, A or 1, P, fill_invalid_expert, *copy_args,
@@ -109,8 +109,8 @@ def moe_permute(hidden_states: torch.Tensor, a1q_scale: torch.Tensor | None, top
                 topk_flat, map_or_ids, count["base"], count["sub"], count["table"], x_bits, out_bits, out["inv"],
                 out["m_indices"], scale_src, scale_dst, M, n_expert, L, A or 1, *copy_args, chunk,
                 SUB=_launch.sub_block(), RT=_launch.next_pow2(block_t * k),
-                RC=_launch.rank_block(block_t * k, config["num_warps"]), PDL=pdl, launch_pdl=pdl, **index_meta,
-                **copy_meta)
+                RC=_launch.rank_block(block_t * k, config["num_warps"]), W=_launch.hist_width(L), PDL=pdl,
+                launch_pdl=pdl, **index_meta, **copy_meta)
     scale_out = out["scale"] if S else a1q_scale
     return out["permuted"], scale_out, out["offsets"], out["inv"], out["m_indices"]
 

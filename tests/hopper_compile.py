@@ -74,16 +74,19 @@ def main() -> int:
         k = compile_for_hopper(kernel, pointers, constexprs, aligned=False, num_warps=4)
         found = f"griddepcontrol.{instruction}" in k.asm["ptx"]
         print(f"{kernel.fn.__name__} PDL: griddepcontrol.{instruction} {'emitted' if found else 'MISSING'}")
-    # The one-launch permute in its three ways of building the index, fp8 rows with scales over 256 experts.
-    fused = dict(K=8, MAP_BUCKETS=False, HAS_SCALE=True, PAD_COLS=64, W=512, SUB=8, BLOCK_T=1, BLOCK_H=2048,
-                 BLOCK_S=64, FILL_BLOCK=1024)
-    for how in (dict(DIRECT=True, EB=16, PAIRS=False, RP=1, CH=512, HAS_PAD=False),
-                dict(DIRECT=False, EB=1, PAIRS=True, RP=64, CH=16, HAS_PAD=True),
-                dict(DIRECT=False, EB=1, PAIRS=False, RP=1, CH=512, HAS_PAD=True)):
+    # The one-launch permute in its four ways of building the index, fp8 rows with scales over 256 experts.
+    fused = dict(K=8, MAP_BUCKETS=False, HAS_SCALE=True, PAD_COLS=64, SUB=8, BLOCK_T=1, BLOCK_H=2048,
+                 BLOCK_S=64, FILL_BLOCK=1024, EB=1, RP=1, RANKS=False, RC=1, DIRECT=False, PAIRS=False, W=512)
+    for how in (dict(DIRECT=True, EB=16, CH=512, HAS_PAD=False),
+                dict(PAIRS=True, RP=64, CH=16, HAS_PAD=True),
+                dict(CH=512, HAS_PAD=True),
+                dict(RANKS=True, RC=512, W=256, CH=512, HAS_PAD=True)):
+        how = {**fused, **how}
         k = compile_for_hopper(_rows.permute_fused_kernel, dict(x_ptr="i8", out_ptr="i8", scale_ptr="fp32",
                                                                 out_scale_ptr="fp32", offsets_ptr="i64"),
-                               {**fused, **how}, aligned=False, num_warps=4)
-        print(f"permute_fused_kernel DIRECT={how['DIRECT']} PAIRS={how['PAIRS']}: {len(k.asm['cubin'])} bytes")
+                               how, aligned=False, num_warps=4)
+        ways = ", ".join(f"{key}={how[key]}" for key in ("DIRECT", "PAIRS", "RANKS"))
+        print(f"permute_fused_kernel {ways}: {len(k.asm['cubin'])} bytes")
     # The one-launch align: one expert (a one-column histogram) and 256 experts.
     for width in (1, 256):
         compile_for_hopper(_index.align_bucket_kernel, {}, dict(MAP_EXPERT_IDS=True, W=width, CH=1024, PAD_BLOCK=64,

@@ -67,12 +67,14 @@ def check_permute_and_align(case, device, salt, block):
                                  reference.moe_align_block_size(ids, block, case.E, emap), ids, block, case.E)
 
 
-@pytest.mark.parametrize("path", ["direct", "pairs", "buckets", "count-kernel"])
+@pytest.mark.parametrize("path", ["direct", "pairs", "buckets", "ranks", "count-kernel"])
 @pytest.mark.parametrize("case", CASES[1:12:2] + CASES[13:14], ids=lambda c: c.id)
 def test_every_index_path_matches_reference(case, path, device, monkeypatch):
     """Batch size and padding pick how the index is built (one launch counting each route's row straight from the
-    routes when nothing is padded, comparing routes pairwise or counting them per expert, or count_kernel first);
-    force each way on the same inputs. Pairwise is only for batches of up to 64 routes; direct only unpadded."""
+    routes when nothing is padded, comparing routes pairwise, counting them per expert and ranking them from the
+    counts before the program's routes or by comparing them with the routes before them, or count_kernel first);
+    force each way on the same inputs. Pairwise is only for batches of up to 64 routes; direct only unpadded. The
+    ranks are compared 16 routes a step, so that they take several."""
     if path == "pairs":
         case = dataclasses.replace(case, M=max(1, min(case.M, 64 // case.k)))
     if path == "direct":
@@ -80,7 +82,29 @@ def test_every_index_path_matches_reference(case, path, device, monkeypatch):
     monkeypatch.setattr(_launch, "direct_fits", lambda *shape: path == "direct")
     monkeypatch.setattr(_launch, "small_batch_routes", lambda: 0 if path in ("count-kernel", "direct") else 1 << 30)
     monkeypatch.setattr(_launch, "pair_routes", lambda buckets: 64 if path == "pairs" else 0)
+    monkeypatch.setattr(_launch, "rank_fits", lambda *shape: path == "ranks")
+    monkeypatch.setattr(_launch, "tile_width", lambda rows, warps: 16)
     check_permute_and_align(case, device, path, case.align or 16)
+
+
+@pytest.mark.parametrize("routes, buckets, block_routes, warps, ranks",
+                         [(1024, 256, 8, 4, True),  # DeepSeek-V3 fp8 M = 128 (H100 config: 1 token, 4 warps)
+                          (128, 256, 8, 8, True),  # DeepSeek-V3 fp8 M = 16
+                          (1024, 256, 32, 8, False),  # 4 tokens a program: 128 comparisons a thread
+                          (1024, 32, 8, 4, False),  # DeepSeek-V3 over 8 ranks: 32 local experts, a narrow count
+                          (512, 64, 8, 4, True)])  # 64 experts: 128 columns with the dropped routes'
+def test_ranks_are_compared_where_the_count_is_wide_and_the_comparisons_few(routes, buckets, block_routes, warps,
+                                                                           ranks):
+    """Past pair_routes the one-launch permute ranks its routes by comparing them with the routes before them where
+    the per-expert histogram is 128 columns or wider and a program compares at most 64 routes a thread; the
+    histogram it then builds has no column for dropped routes (256 experts: 256 columns, not 512)."""
+    assert _launch.rank_fits(routes, buckets, block_routes, warps) is ranks
+    how = _launch.small_index_meta(routes, buckets, block_routes, warps)
+    if how["PAIRS"]:
+        return
+    assert how["RANKS"] is ranks
+    assert how["W"] == (_launch.next_pow2(buckets) if ranks else _launch.hist_width(buckets))
+    assert not ranks or how["SUB"] * how["RC"] <= 32 * 32 * warps
 
 
 @pytest.mark.parametrize("routes, buckets, block_routes, programs, warps",
