@@ -119,10 +119,12 @@ def small_batch_routes() -> int:
 def pair_routes(num_buckets: int) -> int:
     """Largest R whose one-launch index compares the routes pairwise (_index.pair_sizes: an R x R square, whatever
     the number of experts) instead of counting them per expert; 0 where the per-expert count is narrow and cheap.
-    Chosen from H100 runs of the fused permute at 8 and 256 experts (README, "Kernel speed")."""
+    Chosen from H100 runs of the fused permute at 8 and 256 experts (README, "Kernel speed"); 32 since the compared
+    ranks (rank_fits) ran DeepSeek-V3's and Qwen3-235B's padded 64 routes 0.92 / 0.76 x the pairwise index, and 8-32
+    routes 1.05-1.17 x (benchmarks/results/2026-12-06-h100-permute-ranks.md)."""
     if hist_width(num_buckets) < 128:
         return 0
-    return 16 if INTERPRETED else 64
+    return 16 if INTERPRETED else 32
 
 
 def direct_fits(num_routes: int, block_routes: int, grid_h: int, warps: int, num_buckets: int) -> bool:
@@ -153,10 +155,15 @@ def direct_fits(num_routes: int, block_routes: int, grid_h: int, warps: int, num
 def rank_fits(num_routes: int, num_buckets: int, block_routes: int, warps: int) -> bool:
     """Whether the one-launch permute, past pair_routes(), ranks each program's routes by comparing them with the
     routes before them (_index.bucket_ranks) rather than counting the routes of every bucket before the program's
-    (a second histogram) and ranking its own in a square: where the histogram is wide (as pair_routes(): 128 columns
-    or more; without the dropped routes' column 256 experts take 256, not 512) and one program compares at most 64
-    routes a thread."""
-    return hist_width(num_buckets) >= 128 and next_pow2(block_routes) * num_routes <= 64 * 32 * warps
+    (a second histogram) and ranking its own in a square: while one program compares at most 64 routes a thread
+    where the count is 512 columns wide (without the dropped routes' column 256 experts take 256), 48 where it is
+    128-256 wide, and where it is narrower (and so cheap) 32, up to 512 routes. H100 A/B gates
+    (benchmarks/results/2026-12-06-h100-permute-ranks.md): at 64 a thread 0.89-0.92 x with 512 columns (DeepSeek-V3),
+    1.10-1.23 x with 128-256 (Qwen2-57B, Qwen3-235B at 1024 routes); at 8-48 a thread 0.62-1.00 x with 256-512; 32
+    experts (DeepSeek-V3 over 8 ranks) 0.87-1.00 x at 8-512 routes, 1.02 x at 768 (24 a thread)."""
+    width = hist_width(num_buckets)
+    most = 64 if width >= 512 else 48 if width >= 128 else 32
+    return next_pow2(block_routes) * num_routes <= most * 32 * warps and (num_routes <= 512 or width >= 128)
 
 
 def small_index_meta(num_routes: int, num_buckets: int, block_routes: int, warps: int) -> dict:

@@ -88,21 +88,27 @@ def test_every_index_path_matches_reference(case, path, device, monkeypatch):
 
 
 @pytest.mark.parametrize("routes, buckets, block_routes, warps, ranks",
-                         [(1024, 256, 8, 4, True),  # DeepSeek-V3 fp8 M = 128 (H100 config: 1 token, 4 warps)
-                          (128, 256, 8, 8, True),  # DeepSeek-V3 fp8 M = 16
-                          (1024, 256, 32, 8, False),  # 4 tokens a program: 128 comparisons a thread
-                          (1024, 32, 8, 4, False),  # DeepSeek-V3 over 8 ranks: 32 local experts, a narrow count
-                          (512, 64, 8, 4, True)])  # 64 experts: 128 columns with the dropped routes'
+                         [(64, 256, 8, 8, True),  # DeepSeek-V3 fp8 M = 8 (past pair_routes' 32)
+                          (1024, 256, 8, 4, True),  # DeepSeek-V3 fp8 M = 128 with 1 token, 4 warps: 64 a thread
+                          (1024, 256, 16, 8, True),  # ... with 2 tokens, 8 warps (the H100 config): 64 a thread
+                          (1024, 256, 32, 8, False),  # 4 tokens a program: 128 a thread
+                          (768, 128, 16, 8, True),  # Qwen3-235B fp8 M = 96: 48 a thread, 256 columns
+                          (1024, 128, 16, 8, False),  # Qwen3-235B bf16 M = 128: 64 a thread, 256 columns
+                          (1024, 64, 16, 8, False),  # Qwen2-57B M = 128: 64 a thread, 128 columns
+                          (512, 32, 8, 4, True),  # DeepSeek-V3 over 8 ranks (32 local experts, 64 columns), M = 64
+                          (768, 32, 8, 8, False),  # ... M = 96: past 512 routes
+                          (1024, 32, 16, 8, False)])  # ... M = 128: 64 a thread
 def test_ranks_are_compared_where_the_count_is_wide_and_the_comparisons_few(routes, buckets, block_routes, warps,
-                                                                           ranks):
-    """Past pair_routes the one-launch permute ranks its routes by comparing them with the routes before them where
-    the per-expert histogram is 128 columns or wider and a program compares at most 64 routes a thread; the
+                                                                           ranks, monkeypatch):
+    """On a GPU the one-launch permute, past pair_routes (32), ranks its routes by comparing them with the routes
+    before them while a program compares at most 64 routes a thread where the per-expert histogram is 512 columns,
+    48 where it is 128-256, 32 and up to 512 routes where it is narrower (the H100 A/B gates named in rank_fits); the
     histogram it then builds has no column for dropped routes (256 experts: 256 columns, not 512)."""
+    monkeypatch.setattr(_launch, "INTERPRETED", False)
+    assert _launch.pair_routes(buckets) == (32 if buckets >= 64 else 0)
     assert _launch.rank_fits(routes, buckets, block_routes, warps) is ranks
     how = _launch.small_index_meta(routes, buckets, block_routes, warps)
-    if how["PAIRS"]:
-        return
-    assert how["RANKS"] is ranks
+    assert not how["PAIRS"] and how["RANKS"] is ranks
     assert how["W"] == (_launch.next_pow2(buckets) if ranks else _launch.hist_width(buckets))
     assert not ranks or how["SUB"] * how["RC"] <= 32 * 32 * warps
 
