@@ -98,8 +98,8 @@ def test_every_index_path_matches_reference(case, path, device, monkeypatch):
                           (512, 32, 8, 4, True),  # DeepSeek-V3 over 8 ranks (32 local experts, 64 columns), M = 64
                           (768, 32, 8, 8, False),  # ... M = 96: past 512 routes
                           (1024, 32, 16, 8, False)])  # ... M = 128: 64 a thread
-def test_ranks_are_compared_where_the_count_is_wide_and_the_comparisons_few(routes, buckets, block_routes, warps,
-                                                                           ranks, monkeypatch):
+def test_ranks_are_compared_while_few_for_the_width_of_the_count(routes, buckets, block_routes, warps, ranks,
+                                                                  monkeypatch):
     """On a GPU the one-launch permute, past pair_routes (32), ranks its routes by comparing them with the routes
     before them while a program compares at most 64 routes a thread where the per-expert histogram is 512 columns,
     48 where it is 128-256, 32 and up to 512 routes where it is narrower (the H100 A/B gates named in rank_fits); the
