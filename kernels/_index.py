@@ -27,10 +27,11 @@ their histograms, prefix sum and gathers, not the rows, are most of a program's 
   routes for its own (direct_index), while _launch.direct_fits();
 - with padding, batches of up to pair_routes() routes compare every route with every other (pair_sizes, pair_rows,
   pair_offsets).
-Either way nothing is wider than the batch and the cost does not grow with the experts. Past those, where the counts
-are wide and a program's routes few (_launch.rank_fits), a program keeps one histogram, of the real buckets only
-(route_totals; 256 columns for 256 experts where bucket_counts takes 512, twice), and ranks its routes by comparing
-them with the routes before them (bucket_ranks) instead of counting the routes before its own per bucket.
+Either way nothing is wider than the batch and the cost does not grow with the experts. Past those, while a program
+compares few enough routes (_launch.rank_fits: fewer the narrower the counts, and narrow ones up to 512 routes), a
+program keeps one histogram, of the real buckets only (route_totals; 256 columns for 256 experts where bucket_counts
+takes 512, twice), and ranks its routes by comparing them with the routes before them (bucket_ranks) instead of
+counting the routes before its own per bucket.
 """
 import triton
 import triton.language as tl
@@ -81,9 +82,14 @@ def route_totals(topk_ptr, map_ptr, R, E, NB, HAS_MAP: tl.constexpr, W: tl.const
     total = tl.zeros([W], dtype=tl.int32)
     for c0 in range(0, R, CH):
         r = c0 + tl.arange(0, CH)
-        bucket = route_bucket(topk_ptr, map_ptr, r, r < R, E, NB, HAS_MAP)
-        total += tl.histogram(tl.where(bucket < NB, bucket, 0), W, mask=bucket < NB)
+        total += real_counts(route_bucket(topk_ptr, map_ptr, r, r < R, E, NB, HAS_MAP), NB, W)
     return total
+
+
+@triton.jit
+def real_counts(bucket, NB, W: tl.constexpr):
+    """Histogram of the routes of the real buckets (< NB) over W >= NB columns; dropped routes have no column."""
+    return tl.histogram(tl.where(bucket < NB, bucket, 0), W, mask=bucket < NB)
 
 
 @triton.jit
@@ -231,35 +237,27 @@ def finish_align(expert_ids_ptr, ntpp_ptr, V, ROUND, num_blocks, pid, nprog, BLO
 def align_bucket_kernel(topk_ptr, map_ptr, sorted_ptr, expert_ids_ptr, ntpp_ptr, R, E, ROUND, P, num_blocks,
                         MAP_EXPERT_IDS: tl.constexpr, W: tl.constexpr, CH: tl.constexpr, PAD_BLOCK: tl.constexpr,
                         FILL_BLOCK: tl.constexpr):
-    """moe_align_block_size of a small batch in one launch, program b for expert b: it counts the routes of every
-    expert (one histogram of W >= E columns, CH routes a step; dropped routes are never placed, so they have no
-    column), starts its expert's region after the rounded sizes of the experts below, stores the expert's routes in
-    ascending route order (their ranks a running cumulative sum over the routes), its padding and its blocks'
-    expert ids (mapped through map_ptr with MAP_EXPERT_IDS). Every program writes a share of the tail: R past the
-    last region, -1 past the last used block. With R <= CH the ids are loaded once."""
+    """moe_align_block_size of a small batch (R <= CH) in one launch, program b for expert b: it loads the R routes
+    once and counts the routes of every expert (one histogram of W >= E columns; dropped routes are never placed, so
+    they have no column), starts its expert's region after the rounded sizes of the experts below, stores the
+    expert's routes in ascending route order (their ranks a cumulative sum over the routes), its padding and its
+    blocks' expert ids (mapped through map_ptr with MAP_EXPERT_IDS). Every program writes a share of the tail: R
+    past the last region, -1 past the last used block."""
     pid = tl.program_id(0)
     nprog = tl.num_programs(0)
     r = tl.arange(0, CH)
     bucket = route_bucket(topk_ptr, map_ptr, r, r < R, E, E, False)
-    counts = tl.histogram(tl.where(bucket < E, bucket, 0), W, mask=bucket < E)
-    for c0 in range(CH, R, CH):
-        more = route_bucket(topk_ptr, map_ptr, c0 + r, c0 + r < R, E, E, False)
-        counts += tl.histogram(tl.where(more < E, more, 0), W, mask=more < E)
+    counts = real_counts(bucket, E, W)
     b = tl.arange(0, W)
     sizes = tl.where(b < E, (counts + ROUND - 1) // ROUND * ROUND, 0)
     V = tl.sum(sizes, axis=0)
     count = tl.sum(tl.where(b == pid, counts, 0), axis=0)
     if count > 0:
-        row = tl.sum(tl.where(b < pid, sizes, 0), axis=0)
-        start = row
-        for c0 in range(0, R, CH):
-            if c0 > 0:
-                bucket = route_bucket(topk_ptr, map_ptr, c0 + r, c0 + r < R, E, E, False)
-            mine = (bucket == pid).to(tl.int32)
-            tl.store(sorted_ptr + row + tl.cumsum(mine, axis=0) - 1, c0 + r, mask=mine > 0)
-            row += tl.sum(mine, axis=0)
+        start = tl.sum(tl.where(b < pid, sizes, 0), axis=0)
+        mine = (bucket == pid).to(tl.int32)
+        tl.store(sorted_ptr + start + tl.cumsum(mine, axis=0) - 1, r, mask=mine > 0)
         end = start + (count + ROUND - 1) // ROUND * ROUND
-        for j0 in range(row, end, PAD_BLOCK):
+        for j0 in range(start + count, end, PAD_BLOCK):
             j = j0 + tl.arange(0, PAD_BLOCK)
             tl.store(sorted_ptr + j, tl.zeros([PAD_BLOCK], dtype=tl.int32) + R, mask=j < end)
         if MAP_EXPERT_IDS:

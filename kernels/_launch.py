@@ -51,9 +51,9 @@ def count_block(num_routes: int) -> int:
 
 
 def align_chunk(num_routes: int) -> int:
-    """Routes one program of the one-launch align counts per step (_index.align_bucket_kernel): all of a small
-    batch's at once (16 under the interpreter, so that the CPU tests take several steps)."""
-    return 16 if INTERPRETED else max(16, min(next_pow2(num_routes), 1024))
+    """Routes one program of the one-launch align loads (_index.align_bucket_kernel): all of a small batch's
+    (num_routes <= small_batch_routes()), in one step."""
+    return max(16, next_pow2(num_routes))
 
 
 def align_warps(num_routes: int, num_experts: int) -> int:
@@ -121,7 +121,8 @@ def pair_routes(num_buckets: int) -> int:
     the number of experts) instead of counting them per expert; 0 where the per-expert count is narrow and cheap.
     Chosen from H100 runs of the fused permute at 8 and 256 experts (README, "Kernel speed"); 32 since the compared
     ranks (rank_fits) ran DeepSeek-V3's and Qwen3-235B's padded 64 routes 0.92 / 0.76 x the pairwise index, and 8-32
-    routes 1.05-1.17 x (benchmarks/results/2026-12-06-h100-permute-ranks.md)."""
+    routes 1.10-1.17 x (DeepSeek-V3) and 0.985-1.07 x (Qwen3-235B; below 1 at 8 routes only)
+    (benchmarks/results/2026-12-06-h100-permute-ranks.md)."""
     if hist_width(num_buckets) < 128:
         return 0
     return 16 if INTERPRETED else 32

@@ -2,6 +2,7 @@
 import pytest
 
 import moeperf_kernels as kernels
+from moeperf_kernels import _launch
 from pytest_moeperf.oracle import compare, reference
 from tests.cases import Case, make_inputs
 
@@ -18,7 +19,7 @@ CASES = [  # (case, block_size, pad_sorted_ids)
     (Case(40, 4, 16, 1, routing="invalid"), 16, True),
     (Case(300, 8, 256, 1, routing="sparse"), 16, True),  # count_kernel with many chunks
     (Case(50, 3, 7, 1), 5, False),  # block size not a power of two
-    # The one-launch align (a program per expert) over several steps of routes (16 a step under the interpreter):
+    # The one-launch align (a program per expert, up to small_batch_routes() routes):
     (Case(7, 8, 16, 1, routing="invalid"), 16, True),
     (Case(6, 8, 256, 1, ep=(4, 1)), 128, False),
     (Case(16, 4, 8, 1, routing="one_expert"), 5, True),
@@ -43,3 +44,12 @@ def test_align_int64_ids(device):
     got = kernels.moe_align_block_size(ids.long(), 16, case.E)
     want = reference.moe_align_block_size(ids, 16, case.E)
     compare.assert_align_matches(got, want, ids, 16, case.E)
+
+
+def test_the_one_launch_align_loads_every_route_in_one_step():
+    # align_bucket_kernel has no loop over chunks of routes: its chunk must hold every route of a batch it serves,
+    # up to small_batch_routes() (1024 on a GPU, 64 under the interpreter), as a power of 2 (tl.arange).
+    for routes in range(1, 1025):
+        chunk = _launch.align_chunk(routes)
+        assert chunk >= max(routes, 16) and chunk & (chunk - 1) == 0
+    assert _launch.align_chunk(1024) == 1024 and _launch.align_chunk(513) == 1024
